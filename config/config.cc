@@ -1,0 +1,333 @@
+#include "config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace splitlearnd {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Thrown inside the parser only; ParseConfig turns it into a Status.
+struct ConfigError {
+  std::string message;
+};
+
+class Parser {
+ public:
+  explicit Parser(std::string origin) : origin_(std::move(origin)) {}
+
+  [[noreturn]] void Fail(const YAML::Node& node, const std::string& key, const std::string& what) const {
+    std::ostringstream os;
+    os << origin_;
+    const YAML::Mark mark = node.Mark();
+    if (mark.line >= 0) os << ":" << (mark.line + 1) << ":" << (mark.column + 1);
+    os << ": ";
+    if (!key.empty()) os << "'" << key << "': ";
+    os << what;
+    throw ConfigError{os.str()};
+  }
+
+  // Checks that `node` is a map whose keys are all in `allowed`.
+  void ExpectMap(const YAML::Node& node, const std::string& key, const std::set<std::string>& allowed) const {
+    if (!node.IsMap()) Fail(node, key, "expected a mapping");
+    for (const auto& kv : node) {
+      const std::string name = kv.first.as<std::string>();
+      if (!allowed.count(name)) {
+        std::string list;
+        for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+        Fail(kv.first, Join(key, name), "unknown key (allowed: " + list + ")");
+      }
+    }
+  }
+
+  template <typename T>
+  T Scalar(const YAML::Node& node, const std::string& key, const char* type_name) const {
+    if (!node.IsScalar()) Fail(node, key, std::string("expected ") + type_name);
+    try {
+      return node.as<T>();
+    } catch (const YAML::Exception&) {
+      Fail(node, key, std::string("expected ") + type_name + ", got '" + node.Scalar() + "'");
+    }
+  }
+
+  std::string String(const YAML::Node& n, const std::string& key) const { return Scalar<std::string>(n, key, "a string"); }
+  bool Bool(const YAML::Node& n, const std::string& key) const { return Scalar<bool>(n, key, "true or false"); }
+  double Double(const YAML::Node& n, const std::string& key) const { return Scalar<double>(n, key, "a number"); }
+  int64_t Int(const YAML::Node& n, const std::string& key, int64_t min, int64_t max) const {
+    const auto v = Scalar<int64_t>(n, key, "an integer");
+    if (v < min || v > max) {
+      Fail(n, key, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+    }
+    return v;
+  }
+
+  static std::string Join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
+
+  ServerConfig ParseServer(const YAML::Node& node) const {
+    const std::string k = "server";
+    ExpectMap(node, k, {"listen", "management_listen", "metrics_listen", "max_message_bytes", "drain_timeout_s",
+                        "watch_config", "log_level", "max_tensor_elements"});
+    ServerConfig s;
+    for (const auto& kv : node) {
+      const std::string name = kv.first.as<std::string>();
+      const std::string key = Join(k, name);
+      const YAML::Node& v = kv.second;
+      if (name == "listen") {
+        s.listen = String(v, key);
+        if (s.listen.empty()) Fail(v, key, "must not be empty");
+      } else if (name == "management_listen") {
+        s.management_listen = String(v, key);
+      } else if (name == "metrics_listen") {
+        s.metrics_listen = String(v, key);
+      } else if (name == "max_message_bytes") {
+        s.max_message_bytes = Int(v, key, 1024, (1LL << 31) - 1);
+      } else if (name == "drain_timeout_s") {
+        s.drain_timeout_s = Double(v, key);
+        if (s.drain_timeout_s < 0) Fail(v, key, "must not be negative");
+      } else if (name == "watch_config") {
+        s.watch_config = Bool(v, key);
+      } else if (name == "log_level") {
+        s.log_level = String(v, key);
+        static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error", "critical", "off"};
+        if (!levels.count(s.log_level)) Fail(v, key, "must be one of trace, debug, info, warn, error, critical, off");
+      } else if (name == "max_tensor_elements") {
+        s.max_tensor_elements = Int(v, key, 1, 1LL << 40);
+      }
+    }
+    return s;
+  }
+
+  DeviceConfig ParseDevice(const std::string& name, const YAML::Node& node) const {
+    const std::string k = "devices." + name;
+    DeviceConfig d;
+    d.name = name;
+    if (node.IsNull()) return d;
+    ExpectMap(node, k, {"intra_op_threads", "inter_op_threads", "blas_threads", "queue_capacity"});
+    for (const auto& kv : node) {
+      const std::string field = kv.first.as<std::string>();
+      const std::string key = Join(k, field);
+      if (field == "intra_op_threads") d.intra_op_threads = static_cast<int>(Int(kv.second, key, 0, 1024));
+      else if (field == "inter_op_threads") d.inter_op_threads = static_cast<int>(Int(kv.second, key, 0, 1024));
+      else if (field == "blas_threads") d.blas_threads = static_cast<int>(Int(kv.second, key, 0, 1024));
+      else if (field == "queue_capacity") d.queue_capacity = Int(kv.second, key, 1, 1 << 20);
+    }
+    return d;
+  }
+
+  TensorSpec ParseTensorSpec(const YAML::Node& node, const std::string& k) const {
+    ExpectMap(node, k, {"name", "shape", "dtype"});
+    TensorSpec t;
+    bool have_shape = false;
+    for (const auto& kv : node) {
+      const std::string field = kv.first.as<std::string>();
+      const std::string key = Join(k, field);
+      if (field == "name") {
+        t.name = String(kv.second, key);
+      } else if (field == "shape") {
+        if (!kv.second.IsSequence() || kv.second.size() == 0 || kv.second.size() > 8) {
+          Fail(kv.second, key, "expected a list of 1 to 8 dimensions");
+        }
+        for (const auto& d : kv.second) t.shape.push_back(Int(d, key, 1, 1LL << 31));
+        have_shape = true;
+      } else if (field == "dtype") {
+        const auto name = String(kv.second, key);
+        const auto dt = DTypeFromName(name);
+        if (!dt) Fail(kv.second, key, "unknown dtype '" + name + "' (float32, float16, bfloat16, int64, int32, bool)");
+        t.dtype = *dt;
+      }
+    }
+    if (!have_shape) Fail(node, k, "missing 'shape'");
+    return t;
+  }
+
+  ModelConfig ParseModel(const YAML::Node& node, size_t index) const {
+    std::string k = "models[" + std::to_string(index) + "]";
+    ExpectMap(node, k, {"id", "path", "device", "default", "sha256", "warmup", "batching", "timeout_ms"});
+    ModelConfig m;
+    if (!node["id"]) Fail(node, k, "missing 'id'");
+    m.id = String(node["id"], k + ".id");
+    if (m.id.empty() || m.id.size() > 128) Fail(node["id"], k + ".id", "must be 1 to 128 characters");
+    for (char c : m.id) {
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+        Fail(node["id"], k + ".id", "may contain only letters, digits, '-', '_' and '.'");
+      }
+    }
+    k = "models." + m.id;
+    if (!node["path"]) Fail(node, k, "missing 'path'");
+    for (const auto& kv : node) {
+      const std::string field = kv.first.as<std::string>();
+      const std::string key = Join(k, field);
+      const YAML::Node& v = kv.second;
+      if (field == "path") {
+        m.path = String(v, key);
+        if (m.path.empty()) Fail(v, key, "must not be empty");
+      } else if (field == "device") {
+        m.device = String(v, key);
+        std::string why;
+        if (!IsValidDeviceName(m.device, &why)) Fail(v, key, why);
+      } else if (field == "default") {
+        m.is_default = Bool(v, key);
+      } else if (field == "sha256") {
+        m.sha256 = String(v, key);
+        bool hex = m.sha256.size() == 64;
+        for (char& c : m.sha256) {
+          c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          hex = hex && std::isxdigit(static_cast<unsigned char>(c));
+        }
+        if (!hex) Fail(v, key, "expected 64 hexadecimal digits");
+      } else if (field == "warmup") {
+        ExpectMap(v, key, {"inputs", "runs"});
+        if (v["runs"]) m.warmup.runs = static_cast<int>(Int(v["runs"], key + ".runs", 0, 1000));
+        if (v["inputs"]) {
+          if (!v["inputs"].IsSequence()) Fail(v["inputs"], key + ".inputs", "expected a list");
+          size_t i = 0;
+          for (const auto& in : v["inputs"]) {
+            m.warmup.inputs.push_back(ParseTensorSpec(in, key + ".inputs[" + std::to_string(i++) + "]"));
+          }
+        }
+      } else if (field == "batching") {
+        ExpectMap(v, key, {"max_batch_size", "max_delay_us"});
+        if (v["max_batch_size"]) m.batching.max_batch_size = static_cast<int>(Int(v["max_batch_size"], key + ".max_batch_size", 1, 4096));
+        if (v["max_delay_us"]) m.batching.max_delay_us = Int(v["max_delay_us"], key + ".max_delay_us", 0, 10'000'000);
+      } else if (field == "timeout_ms") {
+        m.timeout_ms = Int(v, key, 0, 3'600'000);
+      }
+    }
+    return m;
+  }
+
+  Config Parse(const YAML::Node& root, const std::string& base_dir) const {
+    Config c;
+    if (root.IsNull()) Fail(root, "", "the file is empty");
+    ExpectMap(root, "", {"server", "model_root", "devices", "models"});
+    if (root["server"]) c.server = ParseServer(root["server"]);
+    if (root["model_root"]) {
+      c.model_root = String(root["model_root"], "model_root");
+      if (c.model_root.empty()) Fail(root["model_root"], "model_root", "must not be empty");
+    }
+    fs::path root_dir(c.model_root);
+    if (root_dir.is_relative()) root_dir = fs::path(base_dir) / root_dir;
+    c.model_root = root_dir.lexically_normal().string();
+    if (c.model_root.size() > 1 && c.model_root.back() == '/') c.model_root.pop_back();
+
+    if (const auto devs = root["devices"]) {
+      if (!devs.IsMap()) Fail(devs, "devices", "expected a mapping of device name to settings");
+      for (const auto& kv : devs) {
+        const std::string name = kv.first.as<std::string>();
+        std::string why;
+        if (!IsValidDeviceName(name, &why)) Fail(kv.first, "devices." + name, why);
+        c.devices[name] = ParseDevice(name, kv.second);
+      }
+    }
+    const auto models = root["models"];
+    if (!models) Fail(root, "models", "missing: at least one model must be listed");
+    if (!models.IsSequence()) Fail(models, "models", "expected a list");
+    std::set<std::string> ids;
+    const YAML::Node* first_default = nullptr;
+    size_t index = 0;
+    for (const auto& node : models) {
+      ModelConfig m = ParseModel(node, index++);
+      if (!ids.insert(m.id).second) Fail(node["id"], "models." + m.id + ".id", "duplicate model id");
+      if (m.is_default) {
+        if (first_default) Fail(node["default"], "models." + m.id + ".default", "only one model may be the default");
+        first_default = &node;
+      }
+      fs::path p(m.path);
+      if (p.is_relative()) p = fs::path(c.model_root) / p;
+      m.path = p.lexically_normal().string();
+      std::error_code ec;
+      if (!fs::is_regular_file(m.path, ec)) {
+        Fail(node["path"], "models." + m.id + ".path", "model file not found: " + m.path);
+      }
+      if (!c.devices.count(m.device)) c.devices[m.device] = DeviceConfig{m.device};
+      c.models.push_back(std::move(m));
+    }
+    if (c.models.empty()) Fail(models, "models", "at least one model must be listed");
+    return c;
+  }
+
+ private:
+  std::string origin_;
+};
+
+}  // namespace
+
+bool ModelConfig::operator==(const ModelConfig& o) const {
+  auto spec_eq = [](const TensorSpec& a, const TensorSpec& b) {
+    return a.name == b.name && a.shape == b.shape && a.dtype == b.dtype;
+  };
+  if (warmup.inputs.size() != o.warmup.inputs.size()) return false;
+  for (size_t i = 0; i < warmup.inputs.size(); ++i) {
+    if (!spec_eq(warmup.inputs[i], o.warmup.inputs[i])) return false;
+  }
+  return id == o.id && path == o.path && device == o.device && is_default == o.is_default &&
+         sha256 == o.sha256 && warmup.runs == o.warmup.runs &&
+         batching.max_batch_size == o.batching.max_batch_size &&
+         batching.max_delay_us == o.batching.max_delay_us && timeout_ms == o.timeout_ms;
+}
+
+const ModelConfig* Config::FindModel(const std::string& id) const {
+  for (const auto& m : models) {
+    if (m.id == id) return &m;
+  }
+  return nullptr;
+}
+
+const ModelConfig* Config::DefaultModel() const {
+  for (const auto& m : models) {
+    if (m.is_default) return &m;
+  }
+  return models.size() == 1 ? &models.front() : nullptr;
+}
+
+const DeviceConfig& Config::Device(const std::string& name) const {
+  static const DeviceConfig kDefault;
+  auto it = devices.find(name);
+  return it == devices.end() ? kDefault : it->second;
+}
+
+bool IsValidDeviceName(const std::string& name, std::string* why) {
+  if (name == "cpu") return true;
+  if (name.rfind("cuda:", 0) == 0 && name.size() > 5 && name.size() <= 8) {
+    bool digits = true;
+    for (size_t i = 5; i < name.size(); ++i) digits = digits && std::isdigit(static_cast<unsigned char>(name[i]));
+    if (digits) return true;
+  }
+  if (why) *why = "unknown device '" + name + "' (expected \"cpu\" or \"cuda:N\")";
+  return false;
+}
+
+StatusOr<Config> ParseConfig(const std::string& yaml_text, const std::string& origin, const std::string& base_dir) {
+  Parser parser(origin);
+  try {
+    const YAML::Node root = YAML::Load(yaml_text);
+    Config c = parser.Parse(root, base_dir);
+    c.source_path = origin;
+    return c;
+  } catch (const ConfigError& e) {
+    return InvalidArgument(e.message);
+  } catch (const YAML::Exception& e) {
+    std::ostringstream os;
+    os << origin;
+    if (e.mark.line >= 0) os << ":" << (e.mark.line + 1) << ":" << (e.mark.column + 1);
+    os << ": " << e.msg;
+    return InvalidArgument(os.str());
+  }
+}
+
+StatusOr<Config> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound(path + ": cannot open config file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Internal(path + ": read error");
+  const std::string base = fs::absolute(fs::path(path)).parent_path().string();
+  return ParseConfig(text.str(), path, base);
+}
+
+}  // namespace splitlearnd

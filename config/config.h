@@ -1,0 +1,94 @@
+// The daemon's whole desired state, as read from one YAML file.
+//
+// Plain structs only: config/ is the only place that knows YAML. LoadConfigFile()
+// parses and validates the whole file; a config that comes back OK is complete
+// (defaults filled in, relative model paths resolved against model_root).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/dtype.h"
+
+namespace splitlearnd {
+
+struct ServerConfig {
+  std::string listen = "0.0.0.0:50051";
+  std::string management_listen;  // empty: no management listener
+  std::string metrics_listen;     // empty: no metrics endpoint
+  int64_t max_message_bytes = 256LL * 1024 * 1024;
+  double drain_timeout_s = 30;
+  bool watch_config = true;
+  std::string log_level = "info";
+  // Largest element count accepted in one input tensor.
+  int64_t max_tensor_elements = 1LL << 28;
+};
+
+// Settings of one device ("cpu", "cuda:0", ...). Thread counts are process-wide in
+// libtorch, so they are read from the "cpu" entry only.
+struct DeviceConfig {
+  std::string name;
+  int intra_op_threads = 0;  // 0: splitlearnd picks (see docs/threading.md)
+  int inter_op_threads = 0;
+  int blas_threads = 0;
+  int64_t queue_capacity = 256;
+};
+
+struct TensorSpec {
+  std::string name;  // empty: positional
+  std::vector<int64_t> shape;
+  DType dtype = DType::kFloat32;
+};
+
+struct WarmupConfig {
+  std::vector<TensorSpec> inputs;
+  int runs = 1;
+};
+
+struct BatchingConfig {
+  int max_batch_size = 1;  // 1: batching off
+  int64_t max_delay_us = 0;
+};
+
+struct ModelConfig {
+  std::string id;
+  std::string path;  // absolute once loaded (resolved against model_root)
+  std::string device = "cpu";
+  bool is_default = false;
+  std::string sha256;  // optional pin, lower-case hex
+  WarmupConfig warmup;
+  BatchingConfig batching;
+  int64_t timeout_ms = 0;  // 0: only the client's deadline applies
+
+  bool operator==(const ModelConfig&) const;
+  bool operator!=(const ModelConfig& o) const { return !(*this == o); }
+};
+
+struct Config {
+  std::string source_path;  // the file it came from, if any
+  ServerConfig server;
+  std::string model_root = "/var/lib/splitlearnd/models";
+  std::map<std::string, DeviceConfig> devices;  // every device a model uses has an entry
+  std::vector<ModelConfig> models;
+
+  const ModelConfig* FindModel(const std::string& id) const;
+  // The model that answers requests with an empty model_id: the one marked default,
+  // or the only model. Null when neither applies.
+  const ModelConfig* DefaultModel() const;
+  const DeviceConfig& Device(const std::string& name) const;
+};
+
+// Parse and validate. Errors name the file, line, column and key.
+StatusOr<Config> LoadConfigFile(const std::string& path);
+// Same, from text; `origin` is used in error messages, `base_dir` for relative paths.
+StatusOr<Config> ParseConfig(const std::string& yaml_text, const std::string& origin,
+                             const std::string& base_dir);
+
+// Device strings: "cpu" or "cuda:N". Returns false (and a reason) otherwise.
+bool IsValidDeviceName(const std::string& name, std::string* why = nullptr);
+
+}  // namespace splitlearnd

@@ -1,0 +1,190 @@
+#include "daemon/codec.h"
+
+#include <limits>
+
+namespace splitlearnd {
+namespace pb = splitlearn::comm;
+
+namespace {
+
+StatusOr<DType> WireDType(int v, const std::string& what) {
+  if (v == pb::DTYPE_UNSPECIFIED) return DType::kFloat32;
+  if (v >= static_cast<int>(DType::kFloat32) && v <= static_cast<int>(DType::kBool)) return static_cast<DType>(v);
+  return InvalidArgument(what + ": unknown dtype value " + std::to_string(v));
+}
+
+// FNV-1a over the parts that must agree for two requests to share a forward.
+class KeyHasher {
+ public:
+  void Add(const void* p, size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) h_ = (h_ ^ b[i]) * 1099511628211ULL;
+  }
+  template <typename T>
+  void Add(const T& v) { Add(&v, sizeof v); }
+  void Add(const std::string& s) { Add(s.data(), s.size()); Add(s.size()); }
+  uint64_t value() const { return h_ == 0 ? 1 : h_; }
+
+ private:
+  uint64_t h_ = 1469598103934665603ULL;
+};
+
+bool CheckName(const std::string& s, const Limits& limits) { return s.size() <= limits.max_id_bytes; }
+
+}  // namespace
+
+template <typename ShapeField>
+Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype_value, const Limits& limits,
+                    const std::string& what, HostTensor* out) {
+  auto dtype = WireDType(dtype_value, what);
+  if (!dtype.ok()) return dtype.status();
+  if (shape.size() == 0) return InvalidArgument(what + ": shape is missing");
+  if (shape.size() > limits.max_rank) {
+    return InvalidArgument(what + ": " + std::to_string(shape.size()) + " dimensions, at most " +
+                           std::to_string(limits.max_rank) + " allowed");
+  }
+  out->shape.clear();
+  out->shape.reserve(shape.size());
+  for (auto d : shape) {
+    if (d < 1) return InvalidArgument(what + ": dimension " + std::to_string(d) + " is not positive");
+    out->shape.push_back(static_cast<int64_t>(d));
+  }
+  int64_t elements = 0;
+  if (!CheckedNumElements(out->shape, limits.max_elements, &elements)) {
+    return InvalidArgument(what + ": more than " + std::to_string(limits.max_elements) + " elements");
+  }
+  const size_t expected = static_cast<size_t>(elements) * DTypeSize(*dtype);
+  if (bytes.size() != expected) {
+    return InvalidArgument(what + ": " + std::to_string(bytes.size()) + " bytes of data, shape and dtype " +
+                           DTypeName(*dtype) + " need " + std::to_string(expected));
+  }
+  out->dtype = *dtype;
+  out->data = bytes.data();
+  out->nbytes = bytes.size();
+  return Status::Ok();
+}
+
+template Status DecodeTensor(const std::string&, const google::protobuf::RepeatedField<int32_t>&, int, const Limits&,
+                             const std::string&, HostTensor*);
+template Status DecodeTensor(const std::string&, const google::protobuf::RepeatedField<int64_t>&, int, const Limits&,
+                             const std::string&, HostTensor*);
+
+StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limits& limits) {
+  DecodedCompute out;
+  InferenceRequest& r = out.request;
+  if (!CheckName(req.model_id(), limits)) return InvalidArgument("model_id is too long");
+  if (req.has_forward_id() && !CheckName(req.forward_id(), limits)) return InvalidArgument("forward_id is too long");
+  if (req.metadata_size() > limits.max_metadata_entries) return InvalidArgument("too many metadata entries");
+  size_t meta_bytes = 0;
+  for (const auto& [k, v] : req.metadata()) meta_bytes += k.size() + v.size();
+  if (meta_bytes > limits.max_metadata_bytes) return InvalidArgument("metadata is too large");
+  if (req.inputs_size() > limits.max_inputs) return InvalidArgument("too many named inputs");
+  if (req.past_key_values_size() > limits.max_kv_entries) return InvalidArgument("too many past_key_values entries");
+
+  const bool has_primary = !req.data().empty() || req.shape_size() > 0;
+  if (!has_primary && req.inputs_size() == 0) return InvalidArgument("the request carries no tensor (data and shape are empty)");
+  r.inputs.reserve(req.inputs_size() + 1);
+  if (has_primary) {
+    NamedTensor t;
+    if (auto s = DecodeTensor(req.data(), req.shape(), req.dtype(), limits, "data", &t.tensor); !s.ok()) return s;
+    r.inputs.push_back(std::move(t));
+  }
+  for (int i = 0; i < req.inputs_size(); ++i) {
+    const auto& in = req.inputs(i);
+    if (!CheckName(in.name(), limits)) return InvalidArgument("inputs[" + std::to_string(i) + "]: name is too long");
+    NamedTensor t;
+    t.name = in.name();
+    const std::string what = in.name().empty() ? "inputs[" + std::to_string(i) + "]" : "input '" + in.name() + "'";
+    if (auto s = DecodeTensor(in.data(), in.shape(), in.dtype(), limits, what, &t.tensor); !s.ok()) return s;
+    for (const auto& prev : r.inputs) {
+      if (!t.name.empty() && prev.name == t.name) return InvalidArgument(what + " is given twice");
+    }
+    r.inputs.push_back(std::move(t));
+  }
+
+  r.use_cache = req.use_cache();
+  for (int i = 0; i < req.past_key_values_size(); ++i) {
+    const auto& e = req.past_key_values(i);
+    const std::string what = "past_key_values[" + std::to_string(i) + "]";
+    KVPair kv;
+    if (auto s = DecodeTensor(e.key_data(), e.key_shape(), e.dtype(), limits, what + ".key", &kv.key); !s.ok()) return s;
+    if (auto s = DecodeTensor(e.value_data(), e.value_shape(), e.dtype(), limits, what + ".value", &kv.value); !s.ok()) {
+      return s;
+    }
+    if (kv.key.shape.size() != 4 || kv.value.shape.size() != 4) {
+      return InvalidArgument(what + ": key and value must be [batch, heads, seq_len, head_dim]");
+    }
+    if (!r.past_key_values.empty() && (kv.key.shape != r.past_key_values.front().key.shape ||
+                                       kv.value.shape != r.past_key_values.front().value.shape)) {
+      return InvalidArgument(what + ": shape differs from past_key_values[0]");
+    }
+    r.past_key_values.push_back(std::move(kv));
+  }
+  if (req.output_dtype() != pb::DTYPE_UNSPECIFIED) {
+    auto dt = WireDType(req.output_dtype(), "output_dtype");
+    if (!dt.ok()) return dt.status();
+    r.output_dtype = *dt;
+  }
+
+  // Batching key: requests merge only when every input agrees on name, dtype and
+  // trailing dimensions and all inputs share dim 0. Cache and training never merge.
+  const bool mergeable = !r.use_cache && r.past_key_values.empty() && !req.training_mode();
+  out.rows = r.inputs.front().tensor.shape.front();
+  if (mergeable) {
+    KeyHasher h;
+    h.Add(r.output_dtype ? static_cast<int>(*r.output_dtype) : 0);
+    bool same_rows = true;
+    for (const auto& in : r.inputs) {
+      same_rows = same_rows && in.tensor.shape.front() == out.rows;
+      h.Add(in.name);
+      h.Add(static_cast<int>(in.tensor.dtype));
+      h.Add(in.tensor.shape.size());
+      for (size_t d = 1; d < in.tensor.shape.size(); ++d) h.Add(in.tensor.shape[d]);
+    }
+    if (same_rows) out.batch_key = h.value();
+  }
+  return out;
+}
+
+namespace {
+
+template <typename ShapeField>
+Status CopyShape(const std::vector<int64_t>& shape, ShapeField* field) {
+  field->Reserve(static_cast<int>(shape.size()));
+  for (int64_t d : shape) {
+    if (d > std::numeric_limits<int32_t>::max()) {
+      return Internal("output dimension " + std::to_string(d) + " does not fit the protocol's int32 shape");
+    }
+    field->Add(static_cast<int32_t>(d));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp) {
+  if (result.outputs.empty()) return Internal("model returned no output");
+  const HostTensor& primary = result.outputs.front().tensor;
+  resp->set_data(primary.data, primary.nbytes);
+  if (auto s = CopyShape(primary.shape, resp->mutable_shape()); !s.ok()) return s;
+  resp->set_dtype(static_cast<pb::DType>(primary.dtype));
+  for (size_t i = 1; i < result.outputs.size(); ++i) {
+    const NamedTensor& o = result.outputs[i];
+    auto* t = resp->add_outputs();
+    t->set_name(o.name);
+    t->set_data(o.tensor.data, o.tensor.nbytes);
+    t->mutable_shape()->Add(o.tensor.shape.begin(), o.tensor.shape.end());
+    t->set_dtype(static_cast<pb::DType>(o.tensor.dtype));
+  }
+  for (const KVPair& kv : result.present_key_values) {
+    auto* e = resp->add_present_key_values();
+    e->set_key_data(kv.key.data, kv.key.nbytes);
+    e->set_value_data(kv.value.data, kv.value.nbytes);
+    if (auto s = CopyShape(kv.key.shape, e->mutable_key_shape()); !s.ok()) return s;
+    if (auto s = CopyShape(kv.value.shape, e->mutable_value_shape()); !s.ok()) return s;
+    e->set_dtype(static_cast<pb::DType>(kv.key.dtype));
+  }
+  return Status::Ok();
+}
+
+}  // namespace splitlearnd

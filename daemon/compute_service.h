@@ -1,0 +1,84 @@
+// The legacy splitlearn.comm.ComputeService over gRPC's callback API.
+//
+// Handlers run on gRPC's threads and only validate, decode, look the model up and
+// enqueue; the device worker runs the model and finishes the call (see
+// docs/threading.md). No handler blocks.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "compute.grpc.pb.h"
+#include "daemon/codec.h"
+#include "manager/model_manager.h"
+
+namespace splitlearnd {
+
+// Counts calls in flight and refuses new ones once closed (a drain gate).
+class CallGate {
+ public:
+  bool TryEnter() {
+    inflight_.fetch_add(1);
+    if (closed_.load()) {
+      Leave();
+      return false;
+    }
+    return true;
+  }
+  void Leave() { inflight_.fetch_sub(1); }
+  void Close() { closed_ = true; }
+  bool closed() const { return closed_.load(); }
+  int64_t inflight() const { return inflight_.load(); }
+
+ private:
+  std::atomic<int64_t> inflight_{0};
+  std::atomic<bool> closed_{false};
+};
+
+// Per-request observations (metrics hook in later layers).
+class RequestObserver {
+ public:
+  virtual ~RequestObserver() = default;
+  virtual void OnRequestDone(const std::string& model_id, StatusCode code, const JobTiming* timing) = 0;
+};
+
+class ComputeServiceImpl final : public splitlearn::comm::ComputeService::CallbackService {
+ public:
+  ComputeServiceImpl(ModelManager* manager, Limits limits, std::string version);
+
+  grpc::ServerUnaryReactor* Compute(grpc::CallbackServerContext* ctx, const splitlearn::comm::ComputeRequest* req,
+                                    splitlearn::comm::ComputeResponse* resp) override;
+  grpc::ServerUnaryReactor* ComputeBackward(grpc::CallbackServerContext* ctx,
+                                            const splitlearn::comm::BackwardRequest* req,
+                                            splitlearn::comm::BackwardResponse* resp) override;
+  grpc::ServerUnaryReactor* HealthCheck(grpc::CallbackServerContext* ctx, const splitlearn::comm::HealthRequest* req,
+                                        splitlearn::comm::HealthResponse* resp) override;
+  grpc::ServerUnaryReactor* GetServiceInfo(grpc::CallbackServerContext* ctx,
+                                           const splitlearn::comm::ServiceInfoRequest* req,
+                                           splitlearn::comm::ServiceInfoResponse* resp) override;
+
+  CallGate& gate() { return gate_; }
+  void set_observer(RequestObserver* observer) { observer_ = observer; }
+  void set_extra_info(std::map<std::string, std::string> info) { extra_info_ = std::move(info); }
+  uint64_t total_requests() const { return total_requests_.load(); }
+
+ private:
+  friend class ComputeCall;
+  double UptimeSeconds() const;
+
+  ModelManager* manager_;
+  const Limits limits_;
+  const std::string version_;
+  const std::chrono::steady_clock::time_point started_;
+  std::map<std::string, std::string> extra_info_;
+  CallGate gate_;
+  RequestObserver* observer_ = nullptr;
+  std::atomic<uint64_t> total_requests_{0};
+  std::atomic<uint64_t> failed_requests_{0};
+};
+
+grpc::Status ToGrpc(const Status& s);
+
+}  // namespace splitlearnd

@@ -1,0 +1,88 @@
+#include "daemon/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <thread>
+
+namespace splitlearnd {
+
+std::string ModelHealthName(const std::string& model_id) { return "splitlearn.model/" + model_id; }
+
+Server::Server(ModelManager* manager, ServerOptions options)
+    : manager_(manager), options_(std::move(options)), compute_(manager, options_.limits, options_.version) {}
+
+Server::~Server() { Shutdown(); }
+
+Status Server::Start() {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &bound_port_);
+  builder.RegisterService(&compute_);
+  server_ = builder.BuildAndStart();
+  if (!server_) return Unavailable("cannot listen on " + options_.listen);
+  if (options_.listen.rfind("unix:", 0) == 0) {
+    bound_address_ = options_.listen;
+  } else {
+    if (bound_port_ == 0) {
+      server_.reset();
+      return Unavailable("cannot listen on " + options_.listen);
+    }
+    const auto colon = options_.listen.rfind(':');
+    bound_address_ = options_.listen.substr(0, colon) + ":" + std::to_string(bound_port_);
+  }
+  std::lock_guard<std::mutex> lock(health_mu_);
+  auto* health = server_->GetHealthCheckService();
+  health->SetServingStatus("", false);
+  health->SetServingStatus("splitlearn.comm.ComputeService", false);
+  for (const auto& [name, serving] : pending_health_) health->SetServingStatus(name, serving);
+  return Status::Ok();
+}
+
+void Server::SetHealth(const std::string& service, bool serving) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  if (draining_) serving = false;
+  pending_health_[service] = serving;
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(service, serving);
+}
+
+void Server::SetReady(bool ready) {
+  SetHealth("", ready);
+  SetHealth("splitlearn.comm.ComputeService", ready);
+}
+
+void Server::OnModelState(const ModelStatus& status) {
+  SetHealth(ModelHealthName(status.id), status.state == ModelState::kReady);
+}
+
+void Server::BeginDrain() {
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    draining_ = true;
+    if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+  }
+  compute_.gate().Close();
+}
+
+bool Server::WaitDrained(std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (compute_.gate().inflight() > 0) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+void Server::Shutdown() {
+  if (!server_) return;
+  // Calls still in flight get a short grace, then are cancelled.
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server_->Wait();
+  server_.reset();
+}
+
+}  // namespace splitlearnd

@@ -1,0 +1,66 @@
+// Server: the gRPC listener with the compute service, grpc.health.v1 and reflection.
+//
+// Owned by main(). Start() binds and starts serving; health turns SERVING for the
+// whole daemon only when SetReady(true) is called (models warm). Drain: BeginDrain()
+// turns health NOT_SERVING and refuses new calls, WaitDrained() waits for calls in
+// flight, Shutdown() stops the listener.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "daemon/compute_service.h"
+#include "manager/model_manager.h"
+
+namespace splitlearnd {
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:0";
+  int64_t max_message_bytes = 256LL * 1024 * 1024;
+  Limits limits;
+  std::string version = "0";
+};
+
+// grpc.health.v1 service name of one model.
+std::string ModelHealthName(const std::string& model_id);
+
+class Server {
+ public:
+  Server(ModelManager* manager, ServerOptions options);
+  ~Server();
+
+  Status Start();
+  // "host:port" actually bound (port resolved when 0 was asked).
+  const std::string& bound_address() const { return bound_address_; }
+  int bound_port() const { return bound_port_; }
+
+  void SetReady(bool ready);
+  // Mirrors one model's state into grpc.health.v1 (any thread).
+  void OnModelState(const ModelStatus& status);
+
+  void BeginDrain();
+  bool WaitDrained(std::chrono::milliseconds timeout);
+  void Shutdown();
+
+  ComputeServiceImpl& compute() { return compute_; }
+
+ private:
+  void SetHealth(const std::string& service, bool serving);
+
+  ModelManager* manager_;
+  ServerOptions options_;
+  ComputeServiceImpl compute_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string bound_address_;
+  int bound_port_ = 0;
+
+  std::mutex health_mu_;
+  std::map<std::string, bool> pending_health_;  // set before the server exists
+  bool draining_ = false;
+};
+
+}  // namespace splitlearnd

@@ -1,0 +1,147 @@
+#include "manager/device_queue.h"
+
+#include <algorithm>
+
+namespace splitlearnd {
+
+DeviceQueue::DeviceQueue(std::string device, size_t capacity, Hooks hooks)
+    : device_(std::move(device)), capacity_(capacity), hooks_(std::move(hooks)) {
+  worker_alive_ = true;
+  worker_ = std::thread([this] { WorkerLoop(); });
+  worker_id_ = worker_.get_id();
+}
+
+DeviceQueue::~DeviceQueue() { Stop(); }
+
+Status DeviceQueue::TryEnqueue(std::unique_ptr<Job>& job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return Unavailable("device " + device_ + " is shutting down");
+    if (jobs_.size() >= capacity_) {
+      return ResourceExhausted("queue of device " + device_ + " is full (" + std::to_string(capacity_) + " requests)");
+    }
+    job->enqueued = SteadyClock::now();
+    jobs_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  return Status::Ok();
+}
+
+size_t DeviceQueue::depth() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return jobs_.size();
+}
+
+void DeviceQueue::Stop() {
+  std::deque<std::unique_ptr<Job>> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !worker_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    left.swap(jobs_);
+  }
+  for (auto& job : left) {
+    const auto now = SteadyClock::now();
+    job->done(Unavailable("device " + device_ + " stopped before the request ran"), JobTiming{job->enqueued, now, now, 0});
+  }
+}
+
+bool DeviceQueue::DropIfDead(std::unique_ptr<Job>& job, SteadyClock::time_point now) {
+  Status why;
+  if (job->cancelled && job->cancelled->load(std::memory_order_relaxed)) {
+    why = Cancelled("the client cancelled the request");
+  } else if (now >= job->deadline) {
+    why = DeadlineExceeded("deadline passed while the request waited in the queue of device " + device_);
+  } else {
+    return false;
+  }
+  jobs_dropped_.fetch_add(1, std::memory_order_relaxed);
+  job->done(std::move(why), JobTiming{job->enqueued, now, now, 0});
+  job.reset();
+  return true;
+}
+
+std::vector<std::unique_ptr<Job>> DeviceQueue::NextBatch(std::unique_lock<std::mutex>& lock) {
+  std::vector<std::unique_ptr<Job>> batch;
+  batch.push_back(std::move(jobs_.front()));
+  jobs_.pop_front();
+  Job& head = *batch.front();
+  if (head.batch_key == 0 || head.max_batch_size <= 1 || head.rows >= head.max_batch_size) return batch;
+
+  int64_t rows = head.rows;
+  // Pull every compatible job already waiting, in arrival order.
+  auto gather = [&] {
+    for (auto it = jobs_.begin(); it != jobs_.end() && rows < head.max_batch_size;) {
+      Job& j = **it;
+      if (j.model == head.model && j.batch_key == head.batch_key && rows + j.rows <= head.max_batch_size) {
+        rows += j.rows;
+        batch.push_back(std::move(*it));
+        it = jobs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
+  gather();
+  if (head.max_delay_us > 0 && rows < head.max_batch_size) {
+    const auto until = std::min(head.enqueued + std::chrono::microseconds(head.max_delay_us), head.deadline);
+    while (rows < head.max_batch_size && !stopping_) {
+      if (cv_.wait_until(lock, until) == std::cv_status::timeout) {
+        gather();
+        break;
+      }
+      gather();
+    }
+  }
+  return batch;
+}
+
+void DeviceQueue::RunBatch(std::vector<std::unique_ptr<Job>>& batch) {
+  const auto started = SteadyClock::now();
+  // Drop dead jobs first: their forward never runs.
+  batch.erase(std::remove_if(batch.begin(), batch.end(), [&](std::unique_ptr<Job>& j) { return DropIfDead(j, started); }),
+              batch.end());
+  if (batch.empty()) return;
+
+  std::vector<const InferenceRequest*> requests;
+  requests.reserve(batch.size());
+  for (const auto& j : batch) requests.push_back(&j->request);
+
+  std::vector<StatusOr<InferenceResult>> results = batch.front()->model->Run(requests);
+  const auto finished = SteadyClock::now();
+  const int n = static_cast<int>(batch.size());
+  jobs_run_.fetch_add(n, std::memory_order_relaxed);
+  batches_run_.fetch_add(1, std::memory_order_relaxed);
+  if (hooks_.on_batch) hooks_.on_batch(n);
+
+  for (size_t i = 0; i < batch.size(); ++i) {
+    JobTiming timing{batch[i]->enqueued, started, finished, n};
+    if (i < results.size()) {
+      batch[i]->done(std::move(results[i]), timing);
+    } else {
+      batch[i]->done(Internal("model returned fewer results than requests"), timing);
+    }
+  }
+}
+
+void DeviceQueue::WorkerLoop() {
+  if (hooks_.init_worker) hooks_.init_worker();
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+    if (stopping_) break;
+    std::vector<std::unique_ptr<Job>> batch = NextBatch(lock);
+    lock.unlock();
+    RunBatch(batch);
+    batch.clear();  // job destructors (and their handles) run before the lock is retaken
+    lock.lock();
+  }
+  worker_alive_ = false;
+}
+
+}  // namespace splitlearnd

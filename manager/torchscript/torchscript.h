@@ -1,0 +1,47 @@
+// The TorchScript adapter: loads .pt files with libtorch and runs them as Models.
+//
+// This header is libtorch-free on purpose; torchscript.cc is the only translation
+// unit in the project that includes libtorch (it is slow to compile, and a CUDA
+// libtorch carries protobuf headers that clash with the system's).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "manager/model.h"
+
+namespace splitlearnd {
+
+struct ThreadSettings {
+  int intra_op_threads = 0;  // 0: 1 (OpenBLAS does the parallel work; see docs/threading.md)
+  int inter_op_threads = 0;  // 0: 1
+  int blas_threads = 0;      // 0: hardware threads
+};
+
+// Applies thread settings once per process, before any model runs. Later calls are
+// ignored (libtorch allows the inter-op pool to be sized only once).
+void ConfigureTorchThreads(const ThreadSettings& settings);
+// Effective settings after ConfigureTorchThreads, for status and logs.
+ThreadSettings EffectiveTorchThreads();
+// Short description of the libtorch build (version, BLAS, CUDA availability).
+std::string TorchBuildSummary();
+
+std::shared_ptr<ModelLoader> MakeTorchScriptLoader();
+
+// Demo and benchmark shards written through libtorch, so nothing needs Python.
+struct ShardSpec {
+  enum class Kind { kTransformer, kTiny, kIdentity } kind = Kind::kTransformer;
+  int layers = 2;
+  int hidden = 768;
+  int heads = 12;
+  int ffn = 3072;
+  bool causal = false;
+  uint64_t seed = 0;
+};
+Status WriteShard(const std::string& path, const ShardSpec& spec);
+
+// Lower-case hex SHA-256 of a file.
+StatusOr<std::string> Sha256File(const std::string& path);
+
+}  // namespace splitlearnd
