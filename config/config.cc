@@ -107,7 +107,8 @@ class Parser {
     DeviceConfig d;
     d.name = name;
     if (node.IsNull()) return d;
-    ExpectMap(node, k, {"intra_op_threads", "inter_op_threads", "blas_threads", "queue_capacity"});
+    ExpectMap(node, k, {"intra_op_threads", "inter_op_threads", "blas_threads", "queue_capacity", "max_models",
+                        "memory_budget_bytes", "evict_lru"});
     for (const auto& kv : node) {
       const std::string field = kv.first.as<std::string>();
       const std::string key = Join(k, field);
@@ -115,6 +116,9 @@ class Parser {
       else if (field == "inter_op_threads") d.inter_op_threads = static_cast<int>(Int(kv.second, key, 0, 1024));
       else if (field == "blas_threads") d.blas_threads = static_cast<int>(Int(kv.second, key, 0, 1024));
       else if (field == "queue_capacity") d.queue_capacity = Int(kv.second, key, 1, 1 << 20);
+      else if (field == "max_models") d.max_models = static_cast<int>(Int(kv.second, key, 0, 100000));
+      else if (field == "memory_budget_bytes") d.memory_budget_bytes = Int(kv.second, key, 0, 1LL << 50);
+      else if (field == "evict_lru") d.evict_lru = Bool(kv.second, key);
     }
     return d;
   }
@@ -147,7 +151,8 @@ class Parser {
 
   ModelConfig ParseModel(const YAML::Node& node, size_t index) const {
     std::string k = "models[" + std::to_string(index) + "]";
-    ExpectMap(node, k, {"id", "path", "device", "default", "sha256", "warmup", "batching", "timeout_ms"});
+    ExpectMap(node, k, {"id", "path", "device", "default", "sha256", "warmup", "batching", "timeout_ms",
+                        "compute_dtype", "sessions", "training"});
     ModelConfig m;
     if (!node["id"]) Fail(node, k, "missing 'id'");
     m.id = String(node["id"], k + ".id");
@@ -196,6 +201,36 @@ class Parser {
         if (v["max_delay_us"]) m.batching.max_delay_us = Int(v["max_delay_us"], key + ".max_delay_us", 0, 10'000'000);
       } else if (field == "timeout_ms") {
         m.timeout_ms = Int(v, key, 0, 3'600'000);
+      } else if (field == "compute_dtype") {
+        const auto name = String(v, key);
+        m.compute_dtype = DTypeFromName(name);
+        if (!m.compute_dtype) Fail(v, key, "unknown dtype '" + name + "'");
+      } else if (field == "sessions") {
+        ExpectMap(v, key, {"max_sessions", "idle_timeout_s", "max_bytes"});
+        if (v["max_sessions"]) m.sessions.max_sessions = static_cast<int>(Int(v["max_sessions"], key + ".max_sessions", 0, 1 << 20));
+        if (v["idle_timeout_s"]) {
+          m.sessions.idle_timeout_s = Double(v["idle_timeout_s"], key + ".idle_timeout_s");
+          if (m.sessions.idle_timeout_s <= 0) Fail(v["idle_timeout_s"], key + ".idle_timeout_s", "must be positive");
+        }
+        if (v["max_bytes"]) m.sessions.max_bytes = Int(v["max_bytes"], key + ".max_bytes", 0, 1LL << 50);
+      } else if (field == "training") {
+        ExpectMap(v, key, {"enabled", "optimizer", "learning_rate", "momentum", "checkpoint_path", "max_graphs",
+                           "max_graph_bytes", "graph_ttl_s"});
+        auto& t = m.training;
+        if (v["enabled"]) t.enabled = Bool(v["enabled"], key + ".enabled");
+        if (v["optimizer"]) {
+          t.optimizer = String(v["optimizer"], key + ".optimizer");
+          if (t.optimizer != "sgd" && t.optimizer != "adam") Fail(v["optimizer"], key + ".optimizer", "must be sgd or adam");
+        }
+        if (v["learning_rate"]) t.learning_rate = Double(v["learning_rate"], key + ".learning_rate");
+        if (v["momentum"]) t.momentum = Double(v["momentum"], key + ".momentum");
+        if (v["checkpoint_path"]) t.checkpoint_path = String(v["checkpoint_path"], key + ".checkpoint_path");
+        if (v["max_graphs"]) t.max_graphs = static_cast<int>(Int(v["max_graphs"], key + ".max_graphs", 1, 1 << 20));
+        if (v["max_graph_bytes"]) t.max_graph_bytes = Int(v["max_graph_bytes"], key + ".max_graph_bytes", 0, 1LL << 50);
+        if (v["graph_ttl_s"]) {
+          t.graph_ttl_s = Double(v["graph_ttl_s"], key + ".graph_ttl_s");
+          if (t.graph_ttl_s <= 0) Fail(v["graph_ttl_s"], key + ".graph_ttl_s", "must be positive");
+        }
       }
     }
     return m;
@@ -240,6 +275,11 @@ class Parser {
       fs::path p(m.path);
       if (p.is_relative()) p = fs::path(c.model_root) / p;
       m.path = p.lexically_normal().string();
+      if (!m.training.checkpoint_path.empty()) {
+        fs::path cp(m.training.checkpoint_path);
+        if (cp.is_relative()) cp = fs::path(c.model_root) / cp;
+        m.training.checkpoint_path = cp.lexically_normal().string();
+      }
       std::error_code ec;
       if (!fs::is_regular_file(m.path, ec)) {
         Fail(node["path"], "models." + m.id + ".path", "model file not found: " + m.path);
@@ -268,7 +308,13 @@ bool ModelConfig::operator==(const ModelConfig& o) const {
   return id == o.id && path == o.path && device == o.device && is_default == o.is_default &&
          sha256 == o.sha256 && warmup.runs == o.warmup.runs &&
          batching.max_batch_size == o.batching.max_batch_size &&
-         batching.max_delay_us == o.batching.max_delay_us && timeout_ms == o.timeout_ms;
+         batching.max_delay_us == o.batching.max_delay_us && timeout_ms == o.timeout_ms &&
+         compute_dtype == o.compute_dtype && sessions.max_sessions == o.sessions.max_sessions &&
+         sessions.idle_timeout_s == o.sessions.idle_timeout_s && sessions.max_bytes == o.sessions.max_bytes &&
+         training.enabled == o.training.enabled && training.optimizer == o.training.optimizer &&
+         training.learning_rate == o.training.learning_rate && training.momentum == o.training.momentum &&
+         training.checkpoint_path == o.training.checkpoint_path && training.max_graphs == o.training.max_graphs &&
+         training.max_graph_bytes == o.training.max_graph_bytes && training.graph_ttl_s == o.training.graph_ttl_s;
 }
 
 const ModelConfig* Config::FindModel(const std::string& id) const {

@@ -36,6 +36,9 @@ struct DeviceConfig {
   int inter_op_threads = 0;
   int blas_threads = 0;
   int64_t queue_capacity = 256;
+  int max_models = 0;                // 0: no limit
+  int64_t memory_budget_bytes = 0;   // parameter + buffer bytes of its models; 0: no limit
+  bool evict_lru = false;            // over a limit, unload the least recently used model
 };
 
 struct TensorSpec {
@@ -54,6 +57,25 @@ struct BatchingConfig {
   int64_t max_delay_us = 0;
 };
 
+// Server-side KV-cache sessions of one model.
+struct SessionConfig {
+  int max_sessions = 64;
+  double idle_timeout_s = 300;
+  int64_t max_bytes = 2LL * 1024 * 1024 * 1024;
+};
+
+// Training through ComputeBackward.
+struct TrainingConfig {
+  bool enabled = false;
+  std::string optimizer = "sgd";  // sgd or adam
+  double learning_rate = 1e-4;
+  double momentum = 0;            // sgd only
+  std::string checkpoint_path;    // empty: no checkpoints; relative: to model_root
+  int max_graphs = 64;            // training forwards kept for their backward
+  int64_t max_graph_bytes = 1LL << 30;
+  double graph_ttl_s = 300;
+};
+
 struct ModelConfig {
   std::string id;
   std::string path;  // absolute once loaded (resolved against model_root)
@@ -63,6 +85,9 @@ struct ModelConfig {
   WarmupConfig warmup;
   BatchingConfig batching;
   int64_t timeout_ms = 0;  // 0: only the client's deadline applies
+  std::optional<DType> compute_dtype;  // inputs are converted to it before forward()
+  SessionConfig sessions;
+  TrainingConfig training;
 
   bool operator==(const ModelConfig&) const;
   bool operator!=(const ModelConfig& o) const { return !(*this == o); }
