@@ -1,0 +1,142 @@
+// Fakes for unit tests of the queue, manager and services: no libtorch needed.
+//
+// FakeModel answers float32 inputs with input + `add`; it can sleep, throw (fail),
+// and record the threads it ran on. FakeModel::live() counts instances alive, so a
+// test can see when a model's memory is released.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "manager/model.h"
+
+namespace splitlearnd::testing {
+
+struct FakeBehaviour {
+  float add = 1.0f;
+  std::chrono::milliseconds delay{0};     // per forward
+  bool fail_run = false;                   // Run() answers INTERNAL
+  bool fail_load = false;                  // FakeLoader refuses to load
+  std::chrono::milliseconds load_delay{0};
+  int64_t parameter_bytes = 1024;
+};
+
+class FakeModel final : public Model {
+ public:
+  FakeModel(std::string id, std::string device, FakeBehaviour b)
+      : id_(std::move(id)), device_(std::move(device)), b_(b) {
+    live_counter().fetch_add(1);
+  }
+  ~FakeModel() override { live_counter().fetch_sub(1); }
+
+  const std::string& id() const override { return id_; }
+  const std::string& device() const override { return device_; }
+  int64_t ParameterBytes() const override { return b_.parameter_bytes; }
+
+  std::vector<StatusOr<InferenceResult>> Run(const std::vector<const InferenceRequest*>& batch) const override {
+    forwards_.fetch_add(1);
+    rows_run_.fetch_add(static_cast<int64_t>(batch.size()));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      threads_.insert(std::this_thread::get_id());
+      batch_sizes_.push_back(static_cast<int>(batch.size()));
+    }
+    if (b_.delay.count() > 0) std::this_thread::sleep_for(b_.delay);
+    std::vector<StatusOr<InferenceResult>> out;
+    for (const InferenceRequest* r : batch) {
+      if (b_.fail_run) {
+        out.push_back(Internal("fake model failure"));
+        continue;
+      }
+      const HostTensor& in = r->inputs.front().tensor;
+      auto values = std::make_shared<std::vector<float>>(in.nbytes / sizeof(float));
+      std::memcpy(values->data(), in.data, in.nbytes);
+      for (float& v : *values) v += b_.add;
+      HostTensor t{DType::kFloat32, in.shape, values->data(), in.nbytes, values};
+      InferenceResult res;
+      res.outputs.push_back(NamedTensor{"output", std::move(t)});
+      out.push_back(std::move(res));
+    }
+    return out;
+  }
+
+  int64_t forwards() const { return forwards_.load(); }
+  int64_t rows_run() const { return rows_run_.load(); }
+  std::set<std::thread::id> threads() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return threads_;
+  }
+  std::vector<int> batch_sizes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return batch_sizes_;
+  }
+  static int live() { return live_counter().load(); }
+
+ private:
+  static std::atomic<int>& live_counter() {
+    static std::atomic<int> n{0};
+    return n;
+  }
+
+  const std::string id_;
+  const std::string device_;
+  const FakeBehaviour b_;
+  mutable std::atomic<int64_t> forwards_{0};
+  mutable std::atomic<int64_t> rows_run_{0};
+  mutable std::mutex mu_;
+  mutable std::set<std::thread::id> threads_;
+  mutable std::vector<int> batch_sizes_;
+};
+
+// Loads FakeModels; the behaviour is chosen by the model's path.
+class FakeLoader final : public ModelLoader {
+ public:
+  void Set(const std::string& path, FakeBehaviour b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    behaviours_[path] = b;
+  }
+
+  StatusOr<std::shared_ptr<Model>> Load(const ModelConfig& config) override {
+    FakeBehaviour b;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = behaviours_.find(config.path);
+      if (it != behaviours_.end()) b = it->second;
+      ++loads_;
+    }
+    if (b.load_delay.count() > 0) std::this_thread::sleep_for(b.load_delay);
+    if (b.fail_load) return Internal("fake load failure for " + config.path);
+    auto model = std::make_shared<FakeModel>(config.id, config.device, b);
+    std::lock_guard<std::mutex> lock(mu_);
+    last_[config.id] = model;
+    return std::shared_ptr<Model>(model);
+  }
+
+  // The most recent model loaded for `id` (null if none); a weak view, so it does
+  // not keep the model alive.
+  std::shared_ptr<FakeModel> Last(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = last_.find(id);
+    return it == last_.end() ? nullptr : it->second.lock();
+  }
+  int loads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return loads_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, FakeBehaviour> behaviours_;
+  std::map<std::string, std::weak_ptr<FakeModel>> last_;
+  int loads_ = 0;
+};
+
+}  // namespace splitlearnd::testing
