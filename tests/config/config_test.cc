@@ -1,0 +1,146 @@
+#include "config/config.h"
+
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+using namespace splitlearnd;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A temp dir with one empty model file, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/slcfgXXXXXX";
+    path = mkdtemp(tmpl);
+    std::ofstream(path / "m.pt") << "x";
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+// Model paths resolve inside the temp dir unless the text sets its own model_root.
+StatusOr<Config> Parse(const TempDir& dir, const std::string& yaml) {
+  if (yaml.find("model_root") != std::string::npos) return ParseConfig(yaml, "test.yaml", dir.path.string());
+  return ParseConfig(yaml + "model_root: " + dir.path.string() + "\n", "test.yaml", dir.path.string());
+}
+
+}  // namespace
+
+TEST_CASE("a minimal config fills defaults and resolves paths") {
+  TempDir dir;
+  auto c = Parse(dir, "model_root: .\nmodels:\n  - id: a\n    path: m.pt\n");
+  REQUIRE(c.ok());
+  CHECK(c->server.listen == "0.0.0.0:50051");
+  REQUIRE(c->models.size() == 1);
+  CHECK(c->models[0].path == (dir.path / "m.pt").string());
+  CHECK(c->models[0].device == "cpu");
+  CHECK(c->devices.count("cpu") == 1);
+  CHECK(c->DefaultModel() == &c->models[0]);  // the only model is the default
+}
+
+TEST_CASE("every documented section parses") {
+  TempDir dir;
+  auto c = Parse(dir, R"(
+server:
+  listen: "127.0.0.1:0"
+  max_message_bytes: 1048576
+  drain_timeout_s: 2.5
+  watch_config: false
+  log_level: debug
+model_root: .
+devices:
+  cpu: {intra_op_threads: 1, blas_threads: 2, queue_capacity: 4}
+models:
+  - id: a
+    path: m.pt
+    default: true
+    warmup: {inputs: [{shape: [1, 10, 768], dtype: float16}], runs: 3}
+    batching: {max_batch_size: 8, max_delay_us: 500}
+    timeout_ms: 100
+    sessions: {max_sessions: 2, idle_timeout_s: 1.5, max_bytes: 1000}
+    training: {enabled: true, optimizer: adam, learning_rate: 0.01}
+  - id: b
+    path: m.pt
+    device: "cuda:1"
+)");
+  REQUIRE(c.ok());
+  CHECK(c->server.drain_timeout_s == 2.5);
+  CHECK(c->Device("cpu").queue_capacity == 4);
+  CHECK(c->models[0].warmup.inputs[0].dtype == DType::kFloat16);
+  CHECK(c->models[0].warmup.inputs[0].shape == std::vector<int64_t>{1, 10, 768});
+  CHECK(c->models[0].batching.max_batch_size == 8);
+  CHECK(c->models[0].training.optimizer == "adam");
+  CHECK(c->models[1].device == "cuda:1");
+  CHECK(c->DefaultModel()->id == "a");
+}
+
+TEST_CASE("errors name file, line, column and key") {
+  TempDir dir;
+  SECTION("unknown key") {
+    auto c = Parse(dir, "models:\n  - id: a\n    path: m.pt\n    bogus: 1\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK(c.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(c.status().message(), Catch::Contains("test.yaml:4:5") && Catch::Contains("models[0].bogus") &&
+                                         Catch::Contains("unknown key"));
+  }
+  SECTION("wrong type") {
+    auto c = Parse(dir, "server:\n  drain_timeout_s: soon\nmodels:\n  - {id: a, path: m.pt}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("test.yaml:2:20") && Catch::Contains("server.drain_timeout_s"));
+  }
+  SECTION("bad device") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: m.pt, device: tpu}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("models.a.device") && Catch::Contains("tpu"));
+  }
+  SECTION("duplicate id") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: m.pt}\n  - {id: a, path: m.pt}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("test.yaml:3") && Catch::Contains("duplicate"));
+  }
+  SECTION("missing model file") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: nope.pt}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("models.a.path") && Catch::Contains("not found"));
+  }
+  SECTION("two defaults") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: m.pt, default: true}\n  - {id: b, path: m.pt, default: true}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("models.b.default"));
+  }
+  SECTION("out of range") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: m.pt, batching: {max_batch_size: 0}}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("max_batch_size"));
+  }
+  SECTION("syntax error") {
+    auto c = Parse(dir, "models: [\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::StartsWith("test.yaml:"));
+  }
+  SECTION("no models") {
+    auto c = Parse(dir, "server: {listen: ':1'}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("models"));
+  }
+}
+
+TEST_CASE("device names") {
+  CHECK(IsValidDeviceName("cpu"));
+  CHECK(IsValidDeviceName("cuda:0"));
+  CHECK(IsValidDeviceName("cuda:12"));
+  CHECK_FALSE(IsValidDeviceName("cuda"));
+  CHECK_FALSE(IsValidDeviceName("cuda:"));
+  CHECK_FALSE(IsValidDeviceName("cuda:x"));
+  CHECK_FALSE(IsValidDeviceName("gpu"));
+}
+
+TEST_CASE("a missing config file is NOT_FOUND") {
+  auto c = LoadConfigFile("/nonexistent/splitlearnd.yaml");
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().code() == StatusCode::kNotFound);
+}

@@ -1,0 +1,190 @@
+#include "manager/device_queue.h"
+
+#include <catch2/catch.hpp>
+
+#include <future>
+
+#include "tests/fakes/fake_model.h"
+
+using namespace splitlearnd;
+using namespace splitlearnd::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Outcome {
+  std::promise<std::pair<Status, int>> promise;  // status, batch size
+};
+
+// A job over a float32 [rows, 4] input owned by the job itself.
+std::unique_ptr<Job> MakeJob(ModelHandle model, std::shared_ptr<Outcome> outcome, int64_t rows = 1,
+                             uint64_t batch_key = 0, int max_batch = 1, int64_t max_delay_us = 0) {
+  auto job = std::make_unique<Job>();
+  auto values = std::make_shared<std::vector<float>>(static_cast<size_t>(rows * 4), 1.0f);
+  job->model = std::move(model);
+  job->request.inputs.push_back(
+      NamedTensor{"", HostTensor{DType::kFloat32, {rows, 4}, values->data(), values->size() * 4, values}});
+  job->rows = rows;
+  job->batch_key = batch_key;
+  job->max_batch_size = max_batch;
+  job->max_delay_us = max_delay_us;
+  job->done = [outcome](StatusOr<InferenceResult> r, const JobTiming& t) {
+    outcome->promise.set_value({r.status(), t.batch_size});
+  };
+  return job;
+}
+
+}  // namespace
+
+TEST_CASE("every job runs on the one worker thread, in order") {
+  auto model = std::make_shared<FakeModel>("m", "cpu", FakeBehaviour{});
+  DeviceQueue queue("cpu", 1024);
+  std::vector<std::shared_ptr<Outcome>> outcomes;
+  std::vector<std::thread> producers;
+  std::mutex mu;
+  for (int t = 0; t < 8; ++t) {
+    producers.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) {
+        auto o = std::make_shared<Outcome>();
+        auto job = MakeJob(model, o);
+        REQUIRE(queue.TryEnqueue(job).ok());
+        std::lock_guard<std::mutex> lock(mu);
+        outcomes.push_back(o);
+      }
+    });
+  }
+  for (auto& p : producers) p.join();
+  for (auto& o : outcomes) CHECK(o->promise.get_future().get().first.ok());
+  CHECK(model->forwards() == 200);
+  REQUIRE(model->threads().size() == 1);
+  CHECK(*model->threads().begin() == queue.worker_thread_id());
+  CHECK(queue.jobs_run() == 200);
+}
+
+TEST_CASE("a full queue refuses at once and the caller keeps the job") {
+  FakeBehaviour slow;
+  slow.delay = 200ms;
+  auto model = std::make_shared<FakeModel>("m", "cpu", slow);
+  DeviceQueue queue("cpu", 2);
+  std::vector<std::shared_ptr<Outcome>> accepted;
+  // One job occupies the worker; two fill the queue.
+  for (int i = 0; i < 3; ++i) {
+    auto o = std::make_shared<Outcome>();
+    auto job = MakeJob(model, o);
+    REQUIRE(queue.TryEnqueue(job).ok());
+    accepted.push_back(o);
+    if (i == 0) {
+      while (queue.depth() != 0) std::this_thread::sleep_for(1ms);  // taken by the worker
+    }
+  }
+  auto o = std::make_shared<Outcome>();
+  auto job = MakeJob(model, o);
+  Status s = queue.TryEnqueue(job);
+  CHECK(s.code() == StatusCode::kResourceExhausted);
+  CHECK(job != nullptr);  // still the caller's
+  for (auto& a : accepted) CHECK(a->promise.get_future().get().first.ok());
+}
+
+TEST_CASE("a job whose deadline passes in the queue never runs") {
+  FakeBehaviour slow;
+  slow.delay = 300ms;
+  auto model = std::make_shared<FakeModel>("m", "cpu", slow);
+  DeviceQueue queue("cpu", 8);
+  auto first = std::make_shared<Outcome>();
+  auto j1 = MakeJob(model, first);
+  REQUIRE(queue.TryEnqueue(j1).ok());
+  auto late = std::make_shared<Outcome>();
+  auto j2 = MakeJob(model, late);
+  j2->deadline = SteadyClock::now() + 50ms;
+  REQUIRE(queue.TryEnqueue(j2).ok());
+  CHECK(first->promise.get_future().get().first.ok());
+  auto [status, batch] = late->promise.get_future().get();
+  CHECK(status.code() == StatusCode::kDeadlineExceeded);
+  CHECK(batch == 0);
+  CHECK(model->forwards() == 1);
+  CHECK(queue.jobs_dropped() == 1);
+}
+
+TEST_CASE("a cancelled job never runs") {
+  FakeBehaviour slow;
+  slow.delay = 200ms;
+  auto model = std::make_shared<FakeModel>("m", "cpu", slow);
+  DeviceQueue queue("cpu", 8);
+  auto first = std::make_shared<Outcome>();
+  auto j1 = MakeJob(model, first);
+  REQUIRE(queue.TryEnqueue(j1).ok());
+  auto flag = std::make_shared<std::atomic<bool>>(false);
+  auto cancelled = std::make_shared<Outcome>();
+  auto j2 = MakeJob(model, cancelled);
+  j2->cancelled = flag;
+  REQUIRE(queue.TryEnqueue(j2).ok());
+  flag->store(true);
+  CHECK(first->promise.get_future().get().first.ok());
+  CHECK(cancelled->promise.get_future().get().first.code() == StatusCode::kCancelled);
+  CHECK(model->forwards() == 1);
+}
+
+TEST_CASE("compatible waiting jobs merge into one forward, up to max_batch_size rows") {
+  FakeBehaviour slow;
+  slow.delay = 100ms;
+  auto model = std::make_shared<FakeModel>("m", "cpu", slow);
+  DeviceQueue queue("cpu", 64);
+  auto blocker = std::make_shared<Outcome>();
+  auto jb = MakeJob(model, blocker);
+  REQUIRE(queue.TryEnqueue(jb).ok());
+  while (queue.depth() != 0) std::this_thread::sleep_for(1ms);
+  // While the worker is busy: 5 jobs of key 7 (max 4 rows), 2 of key 9, one never-merge.
+  std::vector<std::shared_ptr<Outcome>> k7, k9;
+  for (int i = 0; i < 5; ++i) {
+    k7.push_back(std::make_shared<Outcome>());
+    auto j = MakeJob(model, k7.back(), 1, 7, 4);
+    REQUIRE(queue.TryEnqueue(j).ok());
+  }
+  for (int i = 0; i < 2; ++i) {
+    k9.push_back(std::make_shared<Outcome>());
+    auto j = MakeJob(model, k9.back(), 1, 9, 4);
+    REQUIRE(queue.TryEnqueue(j).ok());
+  }
+  std::vector<int> sizes7, sizes9;
+  for (auto& o : k7) sizes7.push_back(o->promise.get_future().get().second);
+  for (auto& o : k9) sizes9.push_back(o->promise.get_future().get().second);
+  CHECK(sizes7 == std::vector<int>{4, 4, 4, 4, 1});
+  CHECK(sizes9 == std::vector<int>{2, 2});
+  CHECK(model->forwards() == 4);  // blocker, 4 of key 7, 2 of key 9, the 5th of key 7
+}
+
+TEST_CASE("with max_delay_us a lone job waits for company, up to the delay") {
+  auto model = std::make_shared<FakeModel>("m", "cpu", FakeBehaviour{});
+  DeviceQueue queue("cpu", 64);
+  auto a = std::make_shared<Outcome>();
+  auto b = std::make_shared<Outcome>();
+  auto ja = MakeJob(model, a, 1, 5, 2, 200000);  // up to 200 ms
+  auto jb = MakeJob(model, b, 1, 5, 2, 200000);
+  REQUIRE(queue.TryEnqueue(ja).ok());
+  std::this_thread::sleep_for(20ms);
+  REQUIRE(queue.TryEnqueue(jb).ok());
+  CHECK(a->promise.get_future().get().second == 2);
+  CHECK(b->promise.get_future().get().second == 2);
+  CHECK(model->forwards() == 1);
+}
+
+TEST_CASE("stopping finishes queued jobs with UNAVAILABLE and refuses new ones") {
+  FakeBehaviour slow;
+  slow.delay = 100ms;
+  auto model = std::make_shared<FakeModel>("m", "cpu", slow);
+  auto queue = std::make_unique<DeviceQueue>("cpu", 8);
+  auto first = std::make_shared<Outcome>();
+  auto j1 = MakeJob(model, first);
+  REQUIRE(queue->TryEnqueue(j1).ok());
+  while (queue->depth() != 0) std::this_thread::sleep_for(1ms);
+  auto second = std::make_shared<Outcome>();
+  auto j2 = MakeJob(model, second);
+  REQUIRE(queue->TryEnqueue(j2).ok());
+  queue->Stop();
+  CHECK(first->promise.get_future().get().first.ok());
+  CHECK(second->promise.get_future().get().first.code() == StatusCode::kUnavailable);
+  auto o = std::make_shared<Outcome>();
+  auto j3 = MakeJob(model, o);
+  CHECK(queue->TryEnqueue(j3).code() == StatusCode::kUnavailable);
+  CHECK_FALSE(queue->worker_alive());
+}
