@@ -1,15 +1,18 @@
 // splitlearnctl: talk to a running splitlearnd, and make demo shards.
 #include <CLI/CLI.hpp>
+#include <google/protobuf/util/json_util.h>
 
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <random>
 #include <sstream>
 
 #include "client/client.h"
+#include "management.grpc.pb.h"
 #include "manager/torchscript/torchscript.h"
 
 namespace splitlearnd {
@@ -59,6 +62,165 @@ double Checksum(const Tensor& t) {
   return sum;
 }
 
+
+// --- management commands -------------------------------------------------------
+
+namespace mg = splitlearn::manage;
+
+constexpr const char* kDefaultManage = "unix:/run/splitlearnd/manage.sock";
+
+std::string Json(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.always_print_primitive_fields = true;
+  o.preserve_proto_field_names = true;
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok()) return "{}\n";
+  return out;
+}
+
+std::string Bytes(int64_t n) {
+  if (n <= 0) return "-";
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::string Ago(int64_t unix_ms) {
+  if (unix_ms <= 0) return "never";
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch()).count();
+  int64_t s = std::max<int64_t>(0, (now - unix_ms) / 1000);
+  char buf[32];
+  if (s < 120) std::snprintf(buf, sizeof buf, "%llds ago", static_cast<long long>(s));
+  else if (s < 7200) std::snprintf(buf, sizeof buf, "%lldm ago", static_cast<long long>(s / 60));
+  else if (s < 172800) std::snprintf(buf, sizeof buf, "%lldh ago", static_cast<long long>(s / 3600));
+  else std::snprintf(buf, sizeof buf, "%lldd ago", static_cast<long long>(s / 86400));
+  return buf;
+}
+
+std::string When(int64_t unix_ms) {
+  if (unix_ms <= 0) return "never";
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return std::string(buf) + " (" + Ago(unix_ms) + ")";
+}
+
+std::string StateName(mg::ModelState s) {
+  const std::string n = mg::ModelState_Name(s);
+  return n.empty() ? "?" : n;
+}
+
+// Columns padded to their widest cell; the last column is not padded.
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  if (rows.empty()) return;
+  std::vector<size_t> width(rows.front().size(), 0);
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < r.size() && i < width.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  }
+  for (const auto& r : rows) {
+    std::string line;
+    for (size_t i = 0; i < r.size(); ++i) {
+      line += r[i];
+      if (i + 1 < r.size()) line += std::string(width[i] - r[i].size() + 2, ' ');
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+void PrintModels(const google::protobuf::RepeatedPtrField<mg::ModelInfo>& models,
+                 const google::protobuf::RepeatedPtrField<mg::ModelInfo>& draining) {
+  std::vector<std::vector<std::string>> rows{
+      {"ID", "STATE", "VERSION", "DEVICE", "PARAMS", "LAST USED", "SINCE", "PATH / LAST ERROR"}};
+  auto row = [&](const mg::ModelInfo& m) {
+    std::string id = m.id();
+    if (m.is_default()) id += " *";
+    if (!m.from_config()) id += " (runtime)";
+    std::string state = StateName(m.state());
+    if (m.load_pending() && m.state() == mg::READY) state += "+LOADING";
+    std::string tail = m.path();
+    if (!m.last_error().empty()) tail += "  error: " + m.last_error();
+    rows.push_back({id, state, m.version() ? std::to_string(m.version()) : "-", m.device(),
+                    Bytes(m.parameter_bytes()), Ago(m.last_used_unix_ms()), Ago(m.state_since_unix_ms()), tail});
+  };
+  for (const auto& m : models) row(m);
+  for (const auto& m : draining) row(m);
+  PrintTable(rows);
+}
+
+void PrintModel(const mg::ModelInfo& m) {
+  std::printf("id:           %s%s%s\n", m.id().c_str(), m.is_default() ? " (default)" : "",
+              m.from_config() ? "" : " (loaded at run time, not in the config)");
+  std::printf("state:        %s since %s%s\n", StateName(m.state()).c_str(), When(m.state_since_unix_ms()).c_str(),
+              m.load_pending() ? "; a new version is loading" : "");
+  std::printf("version:      %llu\n", static_cast<unsigned long long>(m.version()));
+  std::printf("device:       %s\n", m.device().c_str());
+  std::printf("path:         %s\n", m.path().c_str());
+  if (!m.sha256().empty()) std::printf("sha256:       %s\n", m.sha256().c_str());
+  std::printf("parameters:   %s\n", Bytes(m.parameter_bytes()).c_str());
+  std::printf("loaded:       %s in %.2f s\n", When(m.loaded_at_unix_ms()).c_str(), m.load_seconds());
+  std::printf("last used:    %s\n", When(m.last_used_unix_ms()).c_str());
+  if (m.state() == mg::READY) {
+    std::printf("timeout:      %s\n", m.timeout_ms() ? (std::to_string(m.timeout_ms()) + " ms").c_str() : "none");
+    std::printf("max batch:    %d\n", m.max_batch_size());
+  }
+  if (!m.last_error().empty()) std::printf("last error:   %s\n", m.last_error().c_str());
+}
+
+void PrintReload(const mg::ReloadResult& r) {
+  std::printf("reload %s: %s\n", r.ok() ? "OK" : "FAILED", r.message().c_str());
+  std::printf("  trigger %s, %s, %.2f s, file %s\n", r.trigger().c_str(), When(r.time_unix_ms()).c_str(), r.seconds(),
+              r.config_file().c_str());
+  for (const auto& w : r.warnings()) std::printf("  warning: %s\n", w.c_str());
+}
+
+void PrintStatus(const mg::StatusResponse& s) {
+  std::printf("splitlearnd %s, pid %lld, up %.0f s%s\n", s.version().c_str(), static_cast<long long>(s.pid()),
+              s.uptime_seconds(), s.draining() ? ", DRAINING" : "");
+  std::printf("config:      %s (applied %s)%s\n", s.config_file().c_str(), When(s.config_applied_unix_ms()).c_str(),
+              s.watch_config() ? ", watched" : "");
+  std::printf("model root:  %s\n", s.model_root().c_str());
+  std::printf("listening:   %s; management %s\n", s.listen().c_str(), s.management_listen().c_str());
+  std::printf("log level:   %s\n", s.log_level().c_str());
+  std::printf("workers:     %s\n", s.workers_alive() ? "all alive" : "A DEVICE WORKER IS DEAD");
+  std::printf("last ");
+  PrintReload(s.last_reload());
+  std::printf("\nmodels:\n");
+  PrintModels(s.models(), s.draining_versions());
+  std::printf("\ndevices:\n");
+  std::vector<std::vector<std::string>> rows{
+      {"DEVICE", "WORKER", "QUEUE", "REQUESTS", "BATCHES", "MODELS", "MEMORY", "LIMITS"}};
+  for (const auto& d : s.devices()) {
+    std::string limits;
+    if (d.max_models()) limits += "max_models " + std::to_string(d.max_models());
+    if (d.memory_budget_bytes()) limits += (limits.empty() ? "" : ", ") + std::string("budget ") + Bytes(d.memory_budget_bytes());
+    if (d.evict_lru()) limits += (limits.empty() ? "" : ", ") + std::string("evict_lru");
+    rows.push_back({d.name(), d.worker_alive() ? "alive" : "DEAD",
+                    std::to_string(d.queue_depth()) + "/" + std::to_string(d.queue_capacity()),
+                    std::to_string(d.requests_run()), std::to_string(d.batches_run()), std::to_string(d.models()),
+                    Bytes(d.memory_used_bytes()), limits.empty() ? "-" : limits});
+  }
+  PrintTable(rows);
+}
+
+int FailGrpc(const grpc::Status& s, const std::string& address) {
+  std::string msg = s.error_message();
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    msg += " (is splitlearnd running, with server.management_listen: " + address + "?)";
+  }
+  return Fail(Status(static_cast<StatusCode>(s.error_code()), msg));
+}
+
 }  // namespace
 }  // namespace splitlearnd
 
@@ -69,7 +231,13 @@ int main(int argc, char** argv) {
   std::string target = "127.0.0.1:50051";
   int timeout_ms = 30000;
   app.add_option("-a,--address", target, "address of the compute service")->capture_default_str();
-  app.add_option("--timeout-ms", timeout_ms, "deadline of each call")->capture_default_str();
+  app.add_option("--timeout-ms", timeout_ms, "deadline of each call (load, reload, reload-config: 10 min unless set)")
+      ->capture_default_str();
+  std::string manage = kDefaultManage;
+  bool json = false;
+  app.add_option("--manage", manage, "address of the management service (unix:PATH or host:port)")
+      ->capture_default_str();
+  app.add_flag("--json", json, "management commands: print the answer as JSON");
 
   auto* health = app.add_subcommand("health", "HealthCheck: status, version, uptime");
   auto* info = app.add_subcommand("info", "GetServiceInfo: models, devices, counters");
@@ -98,7 +266,99 @@ int main(int argc, char** argv) {
   shard->add_flag("--causal", spec.causal, "causal self-attention");
   shard->add_option("--seed", spec.seed, "random seed of the weights")->capture_default_str();
 
+  auto* status_cmd = app.add_subcommand("status", "daemon status: config, last reload, models, devices");
+  auto* models_cmd = app.add_subcommand("models", "list the models (or show one)");
+  std::string model_id;
+  models_cmd->add_option("id", model_id, "show this model in detail");
+  auto* load_cmd = app.add_subcommand("load", "load a model of the config by id, or a file under model_root by --path");
+  std::string load_path, load_device;
+  bool no_wait = false;
+  load_cmd->add_option("id", model_id, "model id (with --path: the id to give it; default: the file name)");
+  load_cmd->add_option("--id", model_id, "same as the positional id");
+  load_cmd->add_option("--path", load_path, "a model file inside model_root (relative to it, or absolute)");
+  load_cmd->add_option("--device", load_device, "with --path: cpu or cuda:N (default cpu)");
+  load_cmd->add_flag("--no-wait", no_wait, "return at once instead of when the load finished");
+  auto* unload_cmd = app.add_subcommand("unload", "unload a model (in-flight requests finish)");
+  unload_cmd->add_option("id", model_id, "model id")->required();
+  auto* reload_cmd = app.add_subcommand("reload", "load a model again from its file, beside the running version");
+  reload_cmd->add_option("id", model_id, "model id")->required();
+  reload_cmd->add_flag("--no-wait", no_wait, "return at once instead of when the load finished");
+  auto* reload_config_cmd = app.add_subcommand("reload-config", "re-read the config file and apply it (like SIGHUP)");
+  auto* log_level_cmd = app.add_subcommand("log-level", "set the daemon's log level until the next restart");
+  std::string level;
+  log_level_cmd->add_option("level", level, "trace, debug, info, warn, error, critical or off")->required();
+
   CLI11_PARSE(app, argc, argv);
+
+  if (*status_cmd || *models_cmd || *load_cmd || *unload_cmd || *reload_cmd || *reload_config_cmd || *log_level_cmd) {
+    auto stub = mg::ManagementService::NewStub(grpc::CreateChannel(manage, grpc::InsecureChannelCredentials()));
+    const bool long_call = *load_cmd || *reload_cmd || *reload_config_cmd;
+    const int ms = app.get_option("--timeout-ms")->count() ? timeout_ms : long_call ? 600000 : 10000;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+    grpc::Status s;
+    if (*status_cmd) {
+      mg::StatusResponse r;
+      s = stub->GetStatus(&ctx, mg::GetStatusRequest{}, &r);
+      if (!s.ok()) return FailGrpc(s, manage);
+      if (json) std::printf("%s", Json(r).c_str());
+      else PrintStatus(r);
+      return r.last_reload().ok() ? 0 : 3;
+    }
+    if (*models_cmd && model_id.empty()) {
+      mg::ListModelsResponse r;
+      s = stub->ListModels(&ctx, mg::ListModelsRequest{}, &r);
+      if (!s.ok()) return FailGrpc(s, manage);
+      if (json) std::printf("%s", Json(r).c_str());
+      else PrintModels(r.models(), r.draining());
+      return 0;
+    }
+    if (*reload_config_cmd) {
+      mg::ReloadResult r;
+      s = stub->ReloadConfig(&ctx, mg::ReloadConfigRequest{}, &r);
+      if (!s.ok()) return FailGrpc(s, manage);
+      if (json) std::printf("%s", Json(r).c_str());
+      else PrintReload(r);
+      return r.ok() ? 0 : 1;
+    }
+    if (*log_level_cmd) {
+      mg::SetLogLevelRequest req;
+      req.set_level(level);
+      mg::SetLogLevelResponse r;
+      s = stub->SetLogLevel(&ctx, req, &r);
+      if (!s.ok()) return FailGrpc(s, manage);
+      if (json) std::printf("%s", Json(r).c_str());
+      else std::printf("log level %s (was %s)\n", r.level().c_str(), r.previous().c_str());
+      return 0;
+    }
+    mg::ModelInfo m;
+    if (*models_cmd) {
+      mg::GetModelRequest req;
+      req.set_id(model_id);
+      s = stub->GetModel(&ctx, req, &m);
+    } else if (*load_cmd) {
+      if (model_id.empty() && load_path.empty()) return Fail(InvalidArgument("load needs a model id or --path"));
+      mg::LoadModelRequest req;
+      req.set_id(model_id);
+      req.set_path(load_path);
+      req.set_device(load_device);
+      req.set_no_wait(no_wait);
+      s = stub->LoadModel(&ctx, req, &m);
+    } else if (*unload_cmd) {
+      mg::UnloadModelRequest req;
+      req.set_id(model_id);
+      s = stub->UnloadModel(&ctx, req, &m);
+    } else {
+      mg::ReloadModelRequest req;
+      req.set_id(model_id);
+      req.set_no_wait(no_wait);
+      s = stub->ReloadModel(&ctx, req, &m);
+    }
+    if (!s.ok()) return FailGrpc(s, manage);
+    if (json) std::printf("%s", Json(m).c_str());
+    else PrintModel(m);
+    return 0;
+  }
 
   if (*shard) {
     spec.kind = kind == "tiny" ? ShardSpec::Kind::kTiny

@@ -2,19 +2,27 @@
 //
 // Threads (docs/threading.md): this main thread blocks every signal before any other
 // thread starts and then waits for them with sigtimedwait(); it also sends systemd's
-// watchdog pings and runs reloads. gRPC's threads only validate and enqueue; one
-// worker per device runs models; the manager's loader thread loads and warms them.
+// watchdog pings. Reloads (SIGHUP, a saved config file, ReloadConfig) run on the
+// reloader's thread; the config watcher has a thread of its own. gRPC's threads only
+// validate and enqueue; one worker per device runs models; the manager's loader
+// thread loads and warms them.
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 
 #include "config/config.h"
+#include "daemon/config_watcher.h"
 #include "daemon/logging.h"
+#include "daemon/management_service.h"
 #include "daemon/notifier.h"
+#include "daemon/reloader.h"
 #include "daemon/server.h"
 #include "manager/model_manager.h"
 #include "manager/torchscript/torchscript.h"
@@ -37,19 +45,6 @@ struct Options {
   bool version = false;
 };
 
-std::string Summary(const ModelManager& manager) {
-  int ready = 0, failed = 0, loading = 0;
-  for (const auto& m : manager.ListModels()) {
-    if (m.state == ModelState::kReady) ++ready;
-    else if (m.state == ModelState::kFailed) ++failed;
-    else if (m.state == ModelState::kLoading) ++loading;
-  }
-  std::string s = std::to_string(ready) + " model(s) ready";
-  if (loading) s += ", " + std::to_string(loading) + " loading";
-  if (failed) s += ", " + std::to_string(failed) + " failed";
-  return s;
-}
-
 void LogModelStates(const ModelManager& manager) {
   for (const auto& m : manager.ListModels()) {
     if (m.state == ModelState::kFailed) {
@@ -70,7 +65,9 @@ int Run(const Options& opt) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  const auto started = std::chrono::steady_clock::now();
 
+  const FileFingerprint config_fingerprint = FingerprintFile(opt.config);
   auto loaded = LoadConfigFile(opt.config);
   LogFormat format = opt.log_format == "json" ? LogFormat::kJson
                      : opt.log_format == "text" ? LogFormat::kText
@@ -106,6 +103,10 @@ int Run(const Options& opt) {
     std::lock_guard<std::mutex> lock(server_mu);
     if (server_ptr) server_ptr->OnModelState(m);
   };
+  hooks.on_version_released = [](const std::string& id, uint64_t version) {
+    spdlog::info("model '{}' version {} unloaded: its last request finished and its memory is released", id, version);
+  };
+  hooks.file_digest = [](const std::string& path) { return Sha256File(path); };
   ModelManager manager(MakeTorchScriptLoader(), hooks);
 
   ServerOptions server_options;
@@ -128,16 +129,95 @@ int Run(const Options& opt) {
   }
   spdlog::info("compute service listening on {}", server.bound_address());
 
-  manager.WaitIdle(std::chrono::hours(24));
-  LogModelStates(manager);
-  server.SetReady(manager.AllReady());
-  notifier.Ready(Summary(manager) + "; listening on " + server.bound_address());
-  spdlog::info("ready: {}", Summary(manager));
+  // One reload path for SIGHUP, a saved file and the ReloadConfig call.
+  ConfigReloader::Options reload_options;
+  reload_options.config_path = opt.config;
+  reload_options.listen_override = opt.listen;
+  ConfigReloader reloader(
+      reload_options, config, config_fingerprint, &manager, &notifier,
+      [&](const Config& previous, const Config& next, const ReloadReport&) {
+        if (opt.log_level.empty() && previous.server.log_level != next.server.log_level) {
+          if (SetLogLevel(next.server.log_level).ok()) spdlog::info("log level is now {}", next.server.log_level);
+        }
+        server.SetReady(manager.ServingCount() > 0);
+      });
 
+  std::atomic<bool> watching{false};
+  DaemonInfo info;
+  info.version = SPLITLEARND_VERSION;
+  info.started = started;
+  info.listen = [&] { return server.bound_address(); };
+  info.draining = [&] { return server.compute().gate().closed(); };
+  info.watching_config = [&] { return watching.load(); };
+  std::unique_ptr<ManagementServer> management;
+  if (!config.server.management_listen.empty()) {
+    management = std::make_unique<ManagementServer>(&manager, &reloader, info);
+    if (auto s = management->Start(config.server.management_listen); !s.ok()) {
+      spdlog::critical("management service: {}", s.message());
+      server.Shutdown();
+      return 1;
+    }
+    spdlog::info("management service listening on {}", management->bound_address());
+  }
+
+  std::unique_ptr<ConfigWatcher> watcher;
+  auto update_watcher = [&](bool want) {
+    if (want && !watcher) {
+      watcher = std::make_unique<ConfigWatcher>(opt.config, std::chrono::milliseconds(200),
+                                                [&] {
+                                                  // Skip a save that a reload already read (SIGHUP came first).
+                                                  if (FingerprintFile(opt.config) != reloader.read_fingerprint()) {
+                                                    reloader.Request("file change");
+                                                  }
+                                                });
+      if (auto s = watcher->Start(reloader.read_fingerprint()); !s.ok()) {
+        spdlog::warn("not watching {}: {}", opt.config, s.message());
+        watcher.reset();
+      } else {
+        spdlog::info("watching {} for changes", opt.config);
+      }
+    } else if (!want && watcher) {
+      watcher->Stop();
+      watcher.reset();
+      spdlog::info("no longer watching {}", opt.config);
+    }
+    watching = watcher != nullptr;
+  };
+
+  // The main loop: signals, the watchdog, and the first READY=1 once the initial
+  // loads have settled. Reloads run on the reloader's thread so pings never stall.
   const auto ping = notifier.watchdog_interval();
-  const auto tick = ping.count() > 0 ? std::min<std::chrono::microseconds>(ping, std::chrono::seconds(1))
-                                     : std::chrono::microseconds(std::chrono::seconds(1));
+  auto next_ping = std::chrono::steady_clock::now();
+  bool ready = false;
   while (true) {
+    if (!ready && manager.WaitIdle(std::chrono::milliseconds(0))) {
+      ready = true;
+      LogModelStates(manager);
+      server.SetReady(manager.ServingCount() > 0);
+      std::string status = ConfigReloader::Summary(manager) + "; listening on " + server.bound_address();
+      if (management) status += ", management on " + management->bound_address();
+      notifier.Ready(status);
+      reloader.SetNotifying(true);
+      spdlog::info("ready: {}", status);
+      update_watcher(config.server.watch_config);
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (ping.count() > 0 && now >= next_ping) {
+      // A dead device worker means requests for its models would never finish: stop
+      // pinging and let systemd restart the daemon.
+      if (manager.AllWorkersAlive()) {
+        notifier.Watchdog();
+      } else {
+        spdlog::critical("a device worker thread is gone; withholding the watchdog ping");
+      }
+      next_ping = now + ping;
+    }
+    auto tick = std::chrono::duration_cast<std::chrono::microseconds>(ready ? std::chrono::milliseconds(1000)
+                                                                            : std::chrono::milliseconds(50));
+    if (ping.count() > 0) {
+      tick = std::min(tick, std::chrono::duration_cast<std::chrono::microseconds>(next_ping - now));
+      tick = std::max(tick, std::chrono::microseconds(1000));
+    }
     timespec timeout{static_cast<time_t>(tick.count() / 1000000), static_cast<long>((tick.count() % 1000000) * 1000)};
     const int sig = sigtimedwait(&signals, nullptr, &timeout);
     if (sig == SIGTERM || sig == SIGINT) {
@@ -145,38 +225,24 @@ int Run(const Options& opt) {
       break;
     }
     if (sig == SIGHUP) {
-      notifier.Reloading("reloading " + opt.config);
       spdlog::info("SIGHUP: reloading {}", opt.config);
-      auto next = LoadConfigFile(opt.config);
-      if (!next.ok()) {
-        spdlog::error("reload refused, still serving the previous config: {}", next.status().message());
-        notifier.Ready("reload failed: " + next.status().message() + "; " + Summary(manager));
-        continue;
-      }
-      if (next->server.listen != config.server.listen && opt.listen.empty()) {
-        spdlog::warn("server.listen changed; it takes effect at the next restart");
-      }
-      config.models = next->models;
-      config.devices = next->devices;
-      manager.Apply(config);
-      manager.WaitIdle(std::chrono::hours(1));
-      LogModelStates(manager);
-      server.SetReady(manager.AllReady());
-      notifier.Ready("reloaded; " + Summary(manager));
-      continue;
+      reloader.Request("SIGHUP");
     }
-    if (ping.count() > 0 && manager.AllWorkersAlive()) notifier.Watchdog();
+    if (ready) update_watcher(reloader.current().server.watch_config);
   }
 
   notifier.Stopping("draining");
+  update_watcher(false);
   server.BeginDrain();
-  const auto drain = std::chrono::milliseconds(static_cast<int64_t>(config.server.drain_timeout_s * 1000));
-  if (!server.WaitDrained(drain)) {
-    spdlog::warn("drain timeout ({} s) passed with {} call(s) in flight; they are cancelled",
-                 config.server.drain_timeout_s, server.compute().gate().inflight());
+  const double drain_s = reloader.current().server.drain_timeout_s;
+  if (!server.WaitDrained(std::chrono::milliseconds(static_cast<int64_t>(drain_s * 1000)))) {
+    spdlog::warn("drain timeout ({} s) passed with {} call(s) in flight; they are cancelled", drain_s,
+                 server.compute().gate().inflight());
   }
+  if (management) management->Shutdown();
   server.Shutdown();
   manager.Shutdown();
+  reloader.Stop();
   spdlog::info("stopped");
   return 0;
 }

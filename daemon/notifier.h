@@ -1,5 +1,8 @@
 // systemd's notification protocol (sd_notify). Does nothing when NOTIFY_SOCKET is
 // unset, so the daemon behaves the same in a terminal and under systemd.
+//
+// Thread-safe: each message is one datagram. Status texts are flattened to one line
+// (a newline would start a new assignment in the protocol).
 #pragma once
 
 #include <chrono>

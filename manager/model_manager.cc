@@ -1,5 +1,10 @@
 #include "manager/model_manager.h"
 
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+
 namespace splitlearnd {
 
 const char* ModelStateName(ModelState s) {
@@ -8,6 +13,7 @@ const char* ModelStateName(ModelState s) {
     case ModelState::kReady: return "READY";
     case ModelState::kUnloading: return "UNLOADING";
     case ModelState::kFailed: return "FAILED";
+    case ModelState::kUnloaded: return "UNLOADED";
   }
   return "?";
 }
@@ -16,18 +22,48 @@ struct ModelManager::Entry {
   ModelConfig config;                     // the desired config
   std::shared_ptr<const Route> serving;  // the version requests go to; null when none
   ModelStatus status;
-  uint64_t load_generation = 0;  // generation of the load in flight (0: none)
+  bool from_config = true;
+  uint64_t load_generation = 0;          // of the load in flight (0: none)
+  FileFingerprint fingerprint;           // of the file the serving (or last) version came from
+  FileFingerprint pending_fingerprint;   // of the file the load in flight reads
+  std::string digest;                    // of the serving version's file ("" when unknown)
+  std::shared_ptr<std::atomic<int64_t>> last_used_ns = std::make_shared<std::atomic<int64_t>>(0);
+};
+
+// Lets a model's last handle report back after the model is gone, without keeping
+// the manager alive or touching it after it was destroyed.
+struct ModelManager::ReleaseSink {
+  std::mutex mu;
+  ModelManager* manager = nullptr;
+};
+
+struct ModelManager::LoadOutcome {
+  StatusOr<std::shared_ptr<Model>> loaded = Status(StatusCode::kUnknown, "not loaded");
+  bool unchanged = false;  // the digest matched the serving version: nothing was loaded
+  double seconds = 0;
+  FileFingerprint fingerprint;
+  std::string digest;
 };
 
 namespace {
 
-// Options a running model takes without a reload.
+namespace fs = std::filesystem;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Config fields that a running model cannot take without being loaded again.
 bool SameLoad(const ModelConfig& a, const ModelConfig& b) {
   auto spec_eq = [](const TensorSpec& x, const TensorSpec& y) {
     return x.name == y.name && x.shape == y.shape && x.dtype == y.dtype;
   };
   if (a.path != b.path || a.device != b.device || a.sha256 != b.sha256 || a.warmup.runs != b.warmup.runs ||
-      a.warmup.inputs.size() != b.warmup.inputs.size()) {
+      a.warmup.inputs.size() != b.warmup.inputs.size() || a.compute_dtype != b.compute_dtype ||
+      a.training.enabled != b.training.enabled || a.training.optimizer != b.training.optimizer ||
+      a.training.learning_rate != b.training.learning_rate || a.training.momentum != b.training.momentum ||
+      a.training.checkpoint_path != b.training.checkpoint_path) {
     return false;
   }
   for (size_t i = 0; i < a.warmup.inputs.size(); ++i) {
@@ -36,140 +72,434 @@ bool SameLoad(const ModelConfig& a, const ModelConfig& b) {
   return true;
 }
 
+bool Inside(const fs::path& base, const fs::path& p) {
+  const fs::path rel = p.lexically_relative(base);
+  return !rel.empty() && rel != "." && *rel.begin() != "..";
+}
+
 }  // namespace
+
+FileFingerprint FingerprintFile(const std::string& path) {
+  FileFingerprint f;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return f;
+  f.exists = true;
+  f.device = static_cast<uint64_t>(st.st_dev);
+  f.inode = static_cast<uint64_t>(st.st_ino);
+  f.size = static_cast<int64_t>(st.st_size);
+  f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  return f;
+}
+
+StatusOr<std::string> ResolveInsideRoot(const std::string& root, const std::string& requested) {
+  if (requested.empty()) return InvalidArgument("the model path is empty");
+  const fs::path p(requested);
+  for (const auto& part : p) {
+    if (part == "..") return InvalidArgument("model path '" + requested + "' contains '..'");
+  }
+  std::error_code ec;
+  const fs::path root_real = fs::canonical(root, ec);
+  if (ec) return FailedPrecondition("model_root " + root + " is not usable: " + ec.message());
+  fs::path candidate;
+  if (p.is_absolute()) {
+    const fs::path norm = p.lexically_normal();
+    if (!Inside(fs::path(root).lexically_normal(), norm) && !Inside(root_real, norm)) {
+      return PermissionDenied("model path '" + requested + "' is outside model_root " + root);
+    }
+    candidate = norm;
+  } else {
+    candidate = root_real / p;
+  }
+  const fs::path real = fs::canonical(candidate, ec);
+  if (ec) return NotFound("model file '" + requested + "' not found under model_root " + root);
+  if (!Inside(root_real, real)) {
+    return PermissionDenied("model path '" + requested + "' leads to " + real.string() + ", outside model_root " +
+                            root);
+  }
+  if (!fs::is_regular_file(real, ec)) return InvalidArgument("model path '" + requested + "' is not a regular file");
+  return real.string();
+}
 
 ModelManager::ModelManager(std::shared_ptr<ModelLoader> loader, Hooks hooks)
     : loader_(std::move(loader)),
       hooks_(std::move(hooks)),
       loader_thread_(std::make_shared<TaskThread>()),
-      routing_(std::make_shared<Routing>()) {}
-
-ModelManager::~ModelManager() { Shutdown(); }
-
-void ModelManager::SetState(Entry& e, ModelState s, std::string error) {
-  e.status.state = s;
-  e.status.last_error = std::move(error);
-  e.status.state_since = std::chrono::system_clock::now();
-  if (hooks_.on_state_change) hooks_.on_state_change(e.status);
+      release_sink_(std::make_shared<ReleaseSink>()),
+      routing_(std::make_shared<Routing>()) {
+  release_sink_->manager = this;
 }
 
-void ModelManager::Apply(const Config& config) {
+ModelManager::~ModelManager() {
+  Shutdown();
+  std::lock_guard<std::mutex> lock(release_sink_->mu);
+  release_sink_->manager = nullptr;
+}
+
+ModelStatus ModelManager::StatusOf(const Entry& e) const {
+  ModelStatus s = e.status;
+  s.from_config = e.from_config;
+  s.is_default = !default_id_.empty() && e.config.id == default_id_;
+  s.load_pending = e.load_generation != 0;
+  s.timeout_ms = e.config.timeout_ms;
+  s.max_batch_size = e.config.batching.max_batch_size;
+  const int64_t ns = e.last_used_ns->load(std::memory_order_relaxed);
+  s.last_used = std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::nanoseconds(ns)));
+  if (!e.serving) {
+    s.device = e.config.device;
+    s.path = e.config.path;
+  }
+  return s;
+}
+
+void ModelManager::SetState(Entry& e, ModelState s, std::string error, StatusCode code) {
+  e.status.state = s;
+  e.status.last_error_code = error.empty() ? StatusCode::kOk : code;
+  e.status.last_error = std::move(error);
+  e.status.state_since = std::chrono::system_clock::now();
+  if (hooks_.on_state_change) hooks_.on_state_change(StatusOf(e));
+}
+
+ApplyResult ModelManager::Apply(const Config& config) {
+  // stat() outside the lock; a file that changes after this is caught next time.
+  std::map<std::string, FileFingerprint> fingerprints;
+  for (const ModelConfig& m : config.models) fingerprints[m.id] = FingerprintFile(m.path);
+
+  ApplyResult result;
   std::lock_guard<std::mutex> lock(mu_);
-  if (shut_down_) return;
-  const uint64_t generation = ++generation_;
+  if (shut_down_) return result;
   for (const auto& [name, dev] : config.devices) device_configs_[name] = dev;
   const ModelConfig* def = config.DefaultModel();
   default_id_ = def ? def->id : "";
 
   for (auto it = entries_.begin(); it != entries_.end();) {
-    if (!config.FindModel(it->first)) {
-      SetState(it->second, ModelState::kUnloading, "");
-      it = entries_.erase(it);  // requests in flight keep their handles
+    Entry& e = it->second;
+    if (e.from_config && !config.FindModel(it->first)) {
+      RetireLocked(e);
+      SetState(e, ModelState::kUnloading);
+      result.removed.push_back(it->first);
+      it = entries_.erase(it);  // requests in flight keep their handles; a load in flight is discarded
     } else {
       ++it;
     }
   }
 
   for (const ModelConfig& m : config.models) {
+    const FileFingerprint& fp = fingerprints[m.id];
     auto [it, inserted] = entries_.try_emplace(m.id);
     Entry& e = it->second;
     if (inserted) {
       e.config = m;
       e.status.id = m.id;
-      e.status.device = m.device;
-      e.status.path = m.path;
-      SetState(e, ModelState::kLoading, "");
-      StartLoad(m, generation);
+      SetState(e, ModelState::kLoading);
+      StartLoad(e, fp);
+      result.added.push_back(m.id);
       continue;
     }
-    const bool reload = !SameLoad(e.config, m) || (e.status.state == ModelState::kFailed);
+    if (!e.from_config) {
+      // A model loaded by path had this id; the config's model takes its place.
+      e.from_config = true;
+      e.config = m;
+      if (!e.serving) SetState(e, ModelState::kLoading);
+      StartLoad(e, fp);
+      result.changed.push_back(m.id);
+      continue;
+    }
+    const bool same = SameLoad(e.config, m);
+    const FileFingerprint& known = e.load_generation != 0 ? e.pending_fingerprint : e.fingerprint;
+    const bool file_changed = fp != known;
+    const bool options_changed = e.config != m;
     e.config = m;
-    if (reload) {
-      if (!e.serving) SetState(e, ModelState::kLoading, "");
-      StartLoad(m, generation);
-    } else if (e.serving && e.serving->config != m) {
-      // Options that apply in place: same model, new route.
-      auto route = std::make_shared<Route>(*e.serving);
-      route->config = m;
-      e.serving = std::move(route);
+    if (e.status.state == ModelState::kUnloaded && same && !file_changed) {
+      result.unchanged.push_back(m.id);  // an operator's unload (or an eviction) stands
+    } else if (!same) {
+      if (!e.serving) SetState(e, ModelState::kLoading);
+      StartLoad(e, fp);
+      result.changed.push_back(m.id);
+    } else if (e.status.state == ModelState::kFailed) {
+      SetState(e, ModelState::kLoading);
+      StartLoad(e, fp);
+      result.retried.push_back(m.id);
+    } else if (file_changed) {
+      if (!e.serving) SetState(e, ModelState::kLoading);
+      StartLoad(e, fp, e.serving ? e.digest : "");
+      result.file_changed.push_back(m.id);
+    } else if (options_changed) {
+      if (e.serving) {
+        auto route = std::make_shared<Route>(*e.serving);
+        route->config = m;
+        e.serving = std::move(route);
+      }
+      result.updated.push_back(m.id);
+    } else {
+      result.unchanged.push_back(m.id);
     }
   }
   PublishLocked();
+  return result;
 }
 
-void ModelManager::StartLoad(const ModelConfig& config, uint64_t generation) {
-  entries_[config.id].load_generation = generation;
+Status ModelManager::Load(const ModelConfig& config, bool from_config) {
+  const FileFingerprint fp = FingerprintFile(config.path);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shut_down_) return Unavailable("splitlearnd is shutting down");
+  auto [it, inserted] = entries_.try_emplace(config.id);
+  Entry& e = it->second;
+  if (inserted) {
+    e.config = config;
+    e.from_config = from_config;
+    e.status.id = config.id;
+    SetState(e, ModelState::kLoading);
+    StartLoad(e, fp);
+    return Status::Ok();
+  }
+  if (!from_config && (e.from_config || e.config.path != config.path)) {
+    return Status(StatusCode::kAlreadyExists, "a model with id '" + config.id + "' already exists (from " +
+                                                  e.config.path + "); unload it first or pick another id");
+  }
+  if (from_config) e.from_config = true;
+  const bool same = SameLoad(e.config, config);
+  if (same && e.serving && e.status.state == ModelState::kReady && fp == e.fingerprint) {
+    e.config = config;
+    return Status::Ok();  // already serving this version
+  }
+  if (same && e.load_generation != 0 && fp == e.pending_fingerprint) return Status::Ok();  // already loading it
+  e.config = config;
+  if (!e.serving) SetState(e, ModelState::kLoading);
+  StartLoad(e, fp);
+  return Status::Ok();
+}
+
+Status ModelManager::Unload(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return NotFound("unknown model '" + id + "'");
+  Entry& e = it->second;
+  if (e.status.state == ModelState::kUnloaded) return NotFound("model '" + id + "' is not loaded");
+  e.load_generation = 0;  // a load in flight is discarded when it finishes
+  RetireLocked(e);
+  if (e.from_config) {
+    SetState(e, ModelState::kUnloaded);
+  } else {
+    SetState(e, ModelState::kUnloading);
+    entries_.erase(it);
+  }
+  PublishLocked();
+  idle_cv_.notify_all();
+  return Status::Ok();
+}
+
+Status ModelManager::Reload(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shut_down_) return Unavailable("splitlearnd is shutting down");
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return NotFound("unknown model '" + id + "'");
+  Entry& e = it->second;
+  if (!e.serving) SetState(e, ModelState::kLoading);
+  StartLoad(e, FingerprintFile(e.config.path));
+  return Status::Ok();
+}
+
+void ModelManager::StartLoad(Entry& e, const FileFingerprint& fingerprint, std::string expected_digest) {
+  const uint64_t generation = ++generation_;
+  e.load_generation = generation;
+  e.pending_fingerprint = fingerprint;
   ++pending_loads_;
-  loader_thread_->Post([this, config, generation] {
-    const auto t0 = SteadyClock::now();
-    StatusOr<std::shared_ptr<Model>> loaded = loader_->Load(config);
-    const double seconds = std::chrono::duration<double>(SteadyClock::now() - t0).count();
-    FinishLoad(config, generation, std::move(loaded), seconds);
+  loader_thread_->Post([this, config = e.config, generation, fingerprint, expected = std::move(expected_digest)] {
+    LoadOutcome out;
+    out.fingerprint = fingerprint;
+    if (shut_down_) {  // the loader is draining its queue at shutdown: load nothing
+      out.loaded = Unavailable("splitlearnd is shutting down");
+      return FinishLoad(config.id, generation, std::move(out));
+    }
+    if (hooks_.file_digest) {
+      auto digest = hooks_.file_digest(config.path);
+      if (digest.ok()) out.digest = std::move(digest.value());
+    }
+    if (!expected.empty() && out.digest == expected) {
+      out.unchanged = true;
+    } else {
+      const auto t0 = SteadyClock::now();
+      out.loaded = loader_->Load(config);
+      out.seconds = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+    }
+    FinishLoad(config.id, generation, std::move(out));
   });
 }
 
-void ModelManager::FinishLoad(const ModelConfig& config, uint64_t generation, StatusOr<std::shared_ptr<Model>> loaded,
-                              double seconds) {
+void ModelManager::FinishLoad(const std::string& id, uint64_t generation, LoadOutcome outcome) {
   std::shared_ptr<Model> discard;  // destroyed after the lock is released
   {
     std::lock_guard<std::mutex> lock(mu_);
     --pending_loads_;
-    auto it = entries_.find(config.id);
+    auto it = entries_.find(id);
     const bool current = it != entries_.end() && it->second.load_generation == generation && !shut_down_;
     if (!current) {
-      if (loaded.ok()) discard = std::move(loaded.value());
+      if (outcome.loaded.ok()) discard = std::move(outcome.loaded.value());
     } else {
       Entry& e = it->second;
       e.load_generation = 0;
-      if (loaded.ok()) {
-        auto route = std::make_shared<Route>();
-        route->model = WrapHandle(std::move(loaded.value()));
-        route->queue = QueueFor(device_configs_[config.device].name.empty() ? DeviceConfig{config.device}
-                                                                             : device_configs_[config.device]);
-        route->config = e.config;
-        route->version = next_version_++;
-        e.status.version = route->version;
-        e.status.parameter_bytes = route->model->ParameterBytes();
-        e.status.device = config.device;
-        e.status.path = config.path;
-        e.status.load_seconds = seconds;
-        e.serving = std::move(route);
-        SetState(e, ModelState::kReady, "");
-        PublishLocked();
-      } else if (e.serving) {
-        // The running version keeps serving; the failure is kept for status.
-        SetState(e, ModelState::kReady, loaded.status().message());
+      Status failure;
+      if (outcome.unchanged) {
+        e.fingerprint = outcome.fingerprint;  // touched, same bytes: the serving version stays
+      } else if (outcome.loaded.ok()) {
+        std::shared_ptr<Model> model = std::move(outcome.loaded.value());
+        const int64_t bytes = model->ParameterBytes();
+        failure = CheckLimitsLocked(id, e.config.device, bytes);
+        if (!failure.ok()) {
+          discard = std::move(model);
+        } else {
+          auto route = std::make_shared<Route>();
+          route->version = next_version_++;
+          route->model = WrapHandle(std::move(model), id, route->version);
+          route->queue = QueueFor(e.config.device);
+          route->config = e.config;
+          route->last_used_ns = e.last_used_ns;
+          RetireLocked(e);
+          e.serving = std::move(route);
+          e.fingerprint = outcome.fingerprint;
+          e.digest = outcome.digest;
+          e.status.version = e.serving->version;
+          e.status.parameter_bytes = bytes;
+          e.status.device = e.config.device;
+          e.status.path = e.config.path;
+          e.status.sha256 = outcome.digest;
+          e.status.load_seconds = outcome.seconds;
+          e.status.loaded_at = std::chrono::system_clock::now();
+          SetState(e, ModelState::kReady);
+          PublishLocked();
+        }
       } else {
-        SetState(e, ModelState::kFailed, loaded.status().message());
+        failure = outcome.loaded.status();
+      }
+      if (!failure.ok()) {
+        // A running version keeps serving; the failure is kept for status.
+        SetState(e, e.serving ? ModelState::kReady : ModelState::kFailed, failure.message(), failure.code());
       }
     }
   }
   idle_cv_.notify_all();
 }
 
-std::shared_ptr<DeviceQueue> ModelManager::QueueFor(const DeviceConfig& device) {
-  auto& q = queues_[device.name];
+Status ModelManager::CheckLimitsLocked(const std::string& id, const std::string& device, int64_t incoming) {
+  const DeviceConfig& d = DeviceSettings(device);
+  if (d.max_models <= 0 && d.memory_budget_bytes <= 0) return Status::Ok();
+  if (d.memory_budget_bytes > 0 && incoming > d.memory_budget_bytes) {
+    return ResourceExhausted("model '" + id + "' needs " + std::to_string(incoming) + " bytes, more than the " +
+                             std::to_string(d.memory_budget_bytes) + "-byte memory_budget_bytes of device " + device);
+  }
+  struct Other {
+    std::string id;
+    int64_t bytes;
+    int64_t last_used;
+  };
+  std::vector<Other> others;
+  int64_t used = 0;
+  for (const auto& [other_id, e] : entries_) {
+    if (other_id == id || !e.serving || e.serving->config.device != device) continue;
+    // Never used since it loaded: its load time stands in, so a fresh model is not the first to go.
+    const int64_t loaded = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               e.status.loaded_at.time_since_epoch()).count();
+    others.push_back(
+        Other{other_id, e.status.parameter_bytes, std::max(loaded, e.last_used_ns->load(std::memory_order_relaxed))});
+    used += e.status.parameter_bytes;
+  }
+  size_t count = others.size();
+  auto over = [&] {
+    return (d.max_models > 0 && count + 1 > static_cast<size_t>(d.max_models)) ||
+           (d.memory_budget_bytes > 0 && used + incoming > d.memory_budget_bytes);
+  };
+  if (!over()) return Status::Ok();
+  if (!d.evict_lru) {
+    if (d.max_models > 0 && count + 1 > static_cast<size_t>(d.max_models)) {
+      return ResourceExhausted("device " + device + " already holds " + std::to_string(count) +
+                               " model(s), its max_models; unload one, raise the limit or set evict_lru");
+    }
+    return ResourceExhausted("loading model '" + id + "' (" + std::to_string(incoming) + " bytes) would bring device " +
+                             device + " to " + std::to_string(used + incoming) + " bytes, over its " +
+                             std::to_string(d.memory_budget_bytes) +
+                             "-byte memory_budget_bytes; unload a model, raise the budget or set evict_lru");
+  }
+  std::sort(others.begin(), others.end(), [](const Other& a, const Other& b) { return a.last_used < b.last_used; });
+  std::vector<std::string> victims;
+  for (const Other& o : others) {
+    if (!over()) break;
+    victims.push_back(o.id);
+    --count;
+    used -= o.bytes;
+  }
+  for (const std::string& v : victims) {
+    Entry& e = entries_.at(v);
+    RetireLocked(e);
+    if (e.from_config) {
+      SetState(e, ModelState::kUnloaded,
+               "evicted as the least recently used model of device " + device + " to make room for '" + id + "'");
+    } else {
+      SetState(e, ModelState::kUnloading, "evicted to make room for '" + id + "'");
+      entries_.erase(v);
+    }
+  }
+  return Status::Ok();
+}
+
+void ModelManager::RetireLocked(Entry& e) {
+  if (!e.serving) return;
+  ModelStatus s = StatusOf(e);
+  s.state = ModelState::kUnloading;
+  s.state_since = std::chrono::system_clock::now();
+  s.load_pending = false;
+  draining_[e.serving->version] = s;
+  e.serving.reset();  // the routing snapshot still holds it until PublishLocked()
+  e.status.version = 0;
+  e.status.parameter_bytes = 0;
+}
+
+void ModelManager::OnVersionReleased(const std::string& id, uint64_t version) {
+  if (shut_down_) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_.erase(version);
+  }
+  if (hooks_.on_version_released) hooks_.on_version_released(id, version);
+}
+
+const DeviceConfig& ModelManager::DeviceSettings(const std::string& device) const {
+  static const DeviceConfig kDefault;
+  auto it = device_configs_.find(device);
+  return it == device_configs_.end() ? kDefault : it->second;
+}
+
+std::shared_ptr<DeviceQueue> ModelManager::QueueFor(const std::string& device) {
+  auto& q = queues_[device];
   if (!q) {
+    auto it = device_configs_.find(device);
+    const int64_t capacity = it == device_configs_.end() ? DeviceConfig{}.queue_capacity : it->second.queue_capacity;
     DeviceQueue::Hooks hooks;
     hooks.init_worker = [loader = loader_] { loader->InitWorkerThread(); };
     if (hooks_.on_batch) {
-      hooks.on_batch = [cb = hooks_.on_batch, name = device.name](int n) { cb(name, n); };
+      hooks.on_batch = [cb = hooks_.on_batch, device](int n) { cb(device, n); };
     }
-    q = std::make_shared<DeviceQueue>(device.name, static_cast<size_t>(device.queue_capacity), std::move(hooks));
+    q = std::make_shared<DeviceQueue>(device, static_cast<size_t>(capacity), std::move(hooks));
   }
   return q;
 }
 
-ModelHandle ModelManager::WrapHandle(std::shared_ptr<Model> model) {
-  // The last handle may drop on a device worker; the model itself is destroyed on the
-  // loader thread so that freeing a large model never stalls a device.
+ModelHandle ModelManager::WrapHandle(std::shared_ptr<Model> model, const std::string& id, uint64_t version) {
+  // The last handle may drop on a device worker or a gRPC thread; the model itself is
+  // destroyed on the loader thread so that freeing a large model never stalls either.
   Model* raw = model.get();
   std::weak_ptr<TaskThread> reaper = loader_thread_;
-  return ModelHandle(raw, [owner = std::move(model), reaper](const Model*) mutable {
+  std::shared_ptr<ReleaseSink> sink = release_sink_;
+  return ModelHandle(raw, [owner = std::move(model), reaper, sink, id, version](const Model*) mutable {
+    auto release = [m = std::move(owner), sink, id, version]() mutable {
+      m.reset();
+      std::lock_guard<std::mutex> lock(sink->mu);
+      if (sink->manager) sink->manager->OnVersionReleased(id, version);
+    };
     if (auto t = reaper.lock()) {
-      t->Post([m = std::move(owner)]() mutable { m.reset(); });
+      t->Post(std::move(release));
     } else {
-      owner.reset();
+      release();
     }
   });
 }
@@ -180,7 +510,9 @@ void ModelManager::PublishLocked() {
     if (e.serving) routing->routes.emplace(id, e.serving);
   }
   routing->default_id = default_id_;
+  std::shared_ptr<const Routing> old;
   std::lock_guard<std::mutex> lock(routing_mu_);
+  old = std::move(routing_);
   routing_ = std::move(routing);
 }
 
@@ -195,7 +527,13 @@ StatusOr<std::shared_ptr<const Route>> ModelManager::Lookup(const std::string& i
     return InvalidArgument("model_id is empty and no default model is configured");
   }
   auto it = routing->routes.find(key);
-  if (it != routing->routes.end()) return it->second;
+  if (it != routing->routes.end()) {
+    // Stamp the use; skip the store when a recent one is there (less cache traffic).
+    const int64_t now = NowNs();
+    auto& last = *it->second->last_used_ns;
+    if (now - last.load(std::memory_order_relaxed) > 1000000) last.store(now, std::memory_order_relaxed);
+    return it->second;
+  }
 
   std::lock_guard<std::mutex> lock(mu_);
   auto e = entries_.find(key);
@@ -203,6 +541,7 @@ StatusOr<std::shared_ptr<const Route>> ModelManager::Lookup(const std::string& i
   switch (e->second.status.state) {
     case ModelState::kLoading: return Unavailable("model '" + key + "' is still loading");
     case ModelState::kFailed: return Unavailable("model '" + key + "' failed to load: " + e->second.status.last_error);
+    case ModelState::kUnloaded: return NotFound("model '" + key + "' is not loaded");
     default: return Unavailable("model '" + key + "' is not serving");
   }
 }
@@ -212,10 +551,32 @@ bool ModelManager::WaitIdle(std::chrono::milliseconds timeout) const {
   return idle_cv_.wait_for(lock, timeout, [this] { return pending_loads_ == 0; });
 }
 
+bool ModelManager::WaitForModel(const std::string& id, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_cv_.wait_for(lock, timeout, [&] {
+    auto it = entries_.find(id);
+    return it == entries_.end() || it->second.load_generation == 0;
+  });
+}
+
 std::vector<ModelStatus> ModelManager::ListModels() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<ModelStatus> out;
-  for (const auto& [id, e] : entries_) out.push_back(e.status);
+  for (const auto& [id, e] : entries_) out.push_back(StatusOf(e));
+  return out;
+}
+
+std::optional<ModelStatus> ModelManager::GetModel(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return std::nullopt;
+  return StatusOf(it->second);
+}
+
+std::vector<ModelStatus> ModelManager::ListDraining() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<ModelStatus> out;
+  for (const auto& [version, s] : draining_) out.push_back(s);
   return out;
 }
 
@@ -223,7 +584,18 @@ std::vector<DeviceStatus> ModelManager::ListDevices() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<DeviceStatus> out;
   for (const auto& [name, q] : queues_) {
-    out.push_back(DeviceStatus{name, q->depth(), q->capacity(), q->worker_alive(), q->jobs_run(), q->batches_run()});
+    DeviceStatus d{name, q->depth(), q->capacity(), q->worker_alive(), q->jobs_run(), q->batches_run()};
+    const DeviceConfig& c = DeviceSettings(name);
+    d.max_models = c.max_models;
+    d.memory_budget_bytes = c.memory_budget_bytes;
+    d.evict_lru = c.evict_lru;
+    for (const auto& [id, e] : entries_) {
+      if (e.serving && e.serving->config.device == name) {
+        ++d.models;
+        d.memory_used_bytes += e.status.parameter_bytes;
+      }
+    }
+    out.push_back(d);
   }
   return out;
 }
@@ -239,9 +611,17 @@ bool ModelManager::AllWorkersAlive() const {
 bool ModelManager::AllReady() const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, e] : entries_) {
+    if (e.status.state == ModelState::kUnloaded) continue;
     if (!e.serving) return false;
   }
   return pending_loads_ == 0;
+}
+
+int ModelManager::ServingCount() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int n = 0;
+  for (const auto& [id, e] : entries_) n += e.serving ? 1 : 0;
+  return n;
 }
 
 void ModelManager::Shutdown() {
@@ -256,9 +636,11 @@ void ModelManager::Shutdown() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     entries_.clear();
+    draining_.clear();
     PublishLocked();
   }
   loader_thread_->Stop();
+  idle_cv_.notify_all();
 }
 
 }  // namespace splitlearnd

@@ -2,7 +2,9 @@
 //
 // FakeModel answers float32 inputs with input + `add`; it can sleep, throw (fail),
 // and record the threads it ran on. FakeModel::live() counts instances alive, so a
-// test can see when a model's memory is released.
+// test can see when a model's memory is released; FakeModel::last_destroyed_on()
+// tells which thread freed the most recent one. FakeLoader picks a behaviour by the
+// model's path and records the threads it loaded on.
 #pragma once
 
 #include <atomic>
@@ -35,7 +37,13 @@ class FakeModel final : public Model {
       : id_(std::move(id)), device_(std::move(device)), b_(b) {
     live_counter().fetch_add(1);
   }
-  ~FakeModel() override { live_counter().fetch_sub(1); }
+  ~FakeModel() override {
+    {
+      std::lock_guard<std::mutex> lock(destroyed_mu());
+      destroyed_on() = std::this_thread::get_id();
+    }
+    live_counter().fetch_sub(1);
+  }
 
   const std::string& id() const override { return id_; }
   const std::string& device() const override { return device_; }
@@ -79,11 +87,23 @@ class FakeModel final : public Model {
     return batch_sizes_;
   }
   static int live() { return live_counter().load(); }
+  static std::thread::id last_destroyed_on() {
+    std::lock_guard<std::mutex> lock(destroyed_mu());
+    return destroyed_on();
+  }
 
  private:
   static std::atomic<int>& live_counter() {
     static std::atomic<int> n{0};
     return n;
+  }
+  static std::mutex& destroyed_mu() {
+    static std::mutex m;
+    return m;
+  }
+  static std::thread::id& destroyed_on() {
+    static std::thread::id id;
+    return id;
   }
 
   const std::string id_;
@@ -111,6 +131,7 @@ class FakeLoader final : public ModelLoader {
       auto it = behaviours_.find(config.path);
       if (it != behaviours_.end()) b = it->second;
       ++loads_;
+      load_threads_.insert(std::this_thread::get_id());
     }
     if (b.load_delay.count() > 0) std::this_thread::sleep_for(b.load_delay);
     if (b.fail_load) return Internal("fake load failure for " + config.path);
@@ -131,11 +152,16 @@ class FakeLoader final : public ModelLoader {
     std::lock_guard<std::mutex> lock(mu_);
     return loads_;
   }
+  std::set<std::thread::id> load_threads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return load_threads_;
+  }
 
  private:
   std::mutex mu_;
   std::map<std::string, FakeBehaviour> behaviours_;
   std::map<std::string, std::weak_ptr<FakeModel>> last_;
+  std::set<std::thread::id> load_threads_;
   int loads_ = 0;
 };
 

@@ -1,0 +1,318 @@
+#include "daemon/management_service.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "daemon/logging.h"
+
+namespace splitlearnd {
+namespace pb = splitlearn::manage;
+
+namespace {
+
+grpc::Status Grpc(const Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), s.message());
+}
+
+int64_t UnixMs(std::chrono::system_clock::time_point t) {
+  if (t.time_since_epoch().count() <= 0) return 0;
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+pb::ModelState ToProto(ModelState s) {
+  switch (s) {
+    case ModelState::kLoading: return pb::LOADING;
+    case ModelState::kReady: return pb::READY;
+    case ModelState::kUnloading: return pb::UNLOADING;
+    case ModelState::kFailed: return pb::FAILED;
+    case ModelState::kUnloaded: return pb::UNLOADED;
+  }
+  return pb::MODEL_STATE_UNSPECIFIED;
+}
+
+void FillReport(const ReloadReport& r, pb::ReloadResult* out) {
+  out->set_ok(r.ok);
+  out->set_config_valid(r.config_valid);
+  out->set_message(r.message);
+  out->set_trigger(r.trigger);
+  out->set_time_unix_ms(UnixMs(r.time));
+  out->set_config_file(r.config_file);
+  out->set_seconds(r.seconds);
+  for (const auto& s : r.added) out->add_added(s);
+  for (const auto& s : r.changed) out->add_changed(s);
+  for (const auto& s : r.removed) out->add_removed(s);
+  for (const auto& s : r.updated) out->add_updated(s);
+  for (const auto& s : r.failed) out->add_failed(s);
+  for (const auto& s : r.warnings) out->add_warnings(s);
+}
+
+bool ValidId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+// How long a call may wait: its deadline, capped.
+std::chrono::steady_clock::time_point WaitUntil(const grpc::ServerContext* ctx, std::chrono::minutes cap) {
+  const auto now = std::chrono::steady_clock::now();
+  auto until = now + cap;
+  const auto deadline = ctx->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    const auto left = deadline - std::chrono::system_clock::now();
+    until = std::min(until, now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left));
+  }
+  return until;
+}
+
+}  // namespace
+
+ManagementServiceImpl::ManagementServiceImpl(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info)
+    : manager_(manager), reloader_(reloader), info_(std::move(info)) {}
+
+void ManagementServiceImpl::Fill(const ModelStatus& s, pb::ModelInfo* out) const {
+  out->set_id(s.id);
+  out->set_state(ToProto(s.state));
+  out->set_device(s.device);
+  out->set_path(s.path);
+  out->set_version(s.version);
+  out->set_last_error(s.last_error);
+  out->set_parameter_bytes(s.parameter_bytes);
+  out->set_load_seconds(s.load_seconds);
+  out->set_sha256(s.sha256);
+  out->set_from_config(s.from_config);
+  out->set_is_default(s.is_default);
+  out->set_load_pending(s.load_pending);
+  out->set_state_since_unix_ms(UnixMs(s.state_since));
+  out->set_loaded_at_unix_ms(UnixMs(s.loaded_at));
+  out->set_last_used_unix_ms(UnixMs(s.last_used));
+  out->set_timeout_ms(s.timeout_ms);
+  out->set_max_batch_size(s.max_batch_size);
+}
+
+grpc::Status ManagementServiceImpl::ListModels(grpc::ServerContext*, const pb::ListModelsRequest*,
+                                               pb::ListModelsResponse* resp) {
+  for (const auto& m : manager_->ListModels()) Fill(m, resp->add_models());
+  for (const auto& m : manager_->ListDraining()) Fill(m, resp->add_draining());
+  return grpc::Status::OK;
+}
+
+grpc::Status ManagementServiceImpl::GetModel(grpc::ServerContext*, const pb::GetModelRequest* req,
+                                             pb::ModelInfo* resp) {
+  auto s = manager_->GetModel(req->id());
+  if (!s) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown model '" + req->id() + "'");
+  Fill(*s, resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status ManagementServiceImpl::AwaitLoad(grpc::ServerContext* ctx, const std::string& id,
+                                              const ModelStatus& before, pb::ModelInfo* resp) {
+  const auto until = WaitUntil(ctx, std::chrono::minutes(30));
+  while (!manager_->WaitForModel(id, std::chrono::milliseconds(200))) {
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled; the load goes on");
+    if (std::chrono::steady_clock::now() >= until) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "model '" + id + "' is still loading");
+    }
+  }
+  auto after = manager_->GetModel(id);
+  if (!after) return grpc::Status(grpc::StatusCode::NOT_FOUND, "model '" + id + "' was removed while loading");
+  Fill(*after, resp);
+  const bool something_ran = after->state_since != before.state_since || after->version != before.version;
+  if (after->state == ModelState::kFailed || (something_ran && !after->last_error.empty())) {
+    const auto code = after->last_error_code == StatusCode::kOk ? StatusCode::kInternal : after->last_error_code;
+    std::string msg = "loading '" + id + "' failed: " + after->last_error;
+    if (after->state == ModelState::kReady) msg += " (version " + std::to_string(after->version) + " keeps serving)";
+    return Grpc(Status(code, msg));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ManagementServiceImpl::LoadModel(grpc::ServerContext* ctx, const pb::LoadModelRequest* req,
+                                              pb::ModelInfo* resp) {
+  const Config config = reloader_->current();
+  ModelConfig model;
+  bool from_config = false;
+  if (req->path().empty()) {
+    const ModelConfig* m = config.FindModel(req->id());
+    if (!m) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no model '" + req->id() + "' in " + config.source_path +
+                                                           " (to load a file, give its path)");
+    }
+    model = *m;
+    from_config = true;
+  } else {
+    auto real = ResolveInsideRoot(config.model_root, req->path());
+    if (!real.ok()) {
+      spdlog::warn("LoadModel refused '{}': {}", req->path(), real.status().message());
+      return Grpc(real.status());
+    }
+    model.id = req->id().empty() ? std::filesystem::path(req->path()).stem().string() : req->id();
+    if (!ValidId(model.id)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "model id '" + model.id + "' may contain only letters, digits, '-', '_' and '.'");
+    }
+    model.path = *real;
+    model.device = req->device().empty() ? "cpu" : req->device();
+    std::string why;
+    if (!IsValidDeviceName(model.device, &why)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why);
+    if (config.FindModel(model.id)) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "the config already has a model '" + model.id + "'; pick another id");
+    }
+  }
+  const ModelStatus before = manager_->GetModel(model.id).value_or(ModelStatus{});
+  if (auto s = manager_->Load(model, from_config); !s.ok()) return Grpc(s);
+  spdlog::info("LoadModel '{}' from {} on {}", model.id, model.path, model.device);
+  if (req->no_wait()) {
+    if (auto s = manager_->GetModel(model.id)) Fill(*s, resp);
+    return grpc::Status::OK;
+  }
+  return AwaitLoad(ctx, model.id, before, resp);
+}
+
+grpc::Status ManagementServiceImpl::UnloadModel(grpc::ServerContext*, const pb::UnloadModelRequest* req,
+                                                pb::ModelInfo* resp) {
+  auto before = manager_->GetModel(req->id());
+  if (auto s = manager_->Unload(req->id()); !s.ok()) return Grpc(s);
+  spdlog::info("UnloadModel '{}'", req->id());
+  if (auto after = manager_->GetModel(req->id())) {
+    Fill(*after, resp);
+  } else if (before) {
+    Fill(*before, resp);
+    resp->set_state(pb::UNLOADING);
+    resp->set_version(0);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ManagementServiceImpl::ReloadModel(grpc::ServerContext* ctx, const pb::ReloadModelRequest* req,
+                                                pb::ModelInfo* resp) {
+  auto before = manager_->GetModel(req->id());
+  if (!before) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown model '" + req->id() + "'");
+  if (auto s = manager_->Reload(req->id()); !s.ok()) return Grpc(s);
+  spdlog::info("ReloadModel '{}'", req->id());
+  if (req->no_wait()) {
+    if (auto s = manager_->GetModel(req->id())) Fill(*s, resp);
+    return grpc::Status::OK;
+  }
+  return AwaitLoad(ctx, req->id(), *before, resp);
+}
+
+grpc::Status ManagementServiceImpl::ReloadConfig(grpc::ServerContext* ctx, const pb::ReloadConfigRequest*,
+                                                 pb::ReloadResult* resp) {
+  auto result = reloader_->Request("ReloadConfig");
+  const auto until = WaitUntil(ctx, std::chrono::minutes(30));
+  while (result.wait_for(std::chrono::milliseconds(200)) != std::future_status::ready) {
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled; the reload goes on");
+    if (std::chrono::steady_clock::now() >= until) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the reload is still running; see status");
+    }
+  }
+  FillReport(result.get(), resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status ManagementServiceImpl::GetStatus(grpc::ServerContext*, const pb::GetStatusRequest*,
+                                              pb::StatusResponse* resp) {
+  const Config config = reloader_->current();
+  resp->set_version(info_.version);
+  resp->set_pid(static_cast<int64_t>(getpid()));
+  resp->set_uptime_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - info_.started).count());
+  resp->set_config_file(config.source_path);
+  resp->set_config_applied_unix_ms(UnixMs(reloader_->applied_at()));
+  resp->set_watch_config(info_.watching_config ? info_.watching_config() : false);
+  resp->set_listen(info_.listen ? info_.listen() : config.server.listen);
+  resp->set_management_listen(management_address());
+  resp->set_log_level(std::string(spdlog::level::to_string_view(spdlog::get_level()).data(),
+                                  spdlog::level::to_string_view(spdlog::get_level()).size()));
+  resp->set_draining(info_.draining ? info_.draining() : false);
+  resp->set_model_root(config.model_root);
+  FillReport(reloader_->last(), resp->mutable_last_reload());
+  for (const auto& m : manager_->ListModels()) Fill(m, resp->add_models());
+  for (const auto& m : manager_->ListDraining()) Fill(m, resp->add_draining_versions());
+  for (const auto& d : manager_->ListDevices()) {
+    auto* out = resp->add_devices();
+    out->set_name(d.name);
+    out->set_queue_depth(d.queue_depth);
+    out->set_queue_capacity(d.queue_capacity);
+    out->set_worker_alive(d.worker_alive);
+    out->set_requests_run(d.jobs_run);
+    out->set_batches_run(d.batches_run);
+    out->set_models(d.models);
+    out->set_memory_used_bytes(d.memory_used_bytes);
+    out->set_max_models(d.max_models);
+    out->set_memory_budget_bytes(d.memory_budget_bytes);
+    out->set_evict_lru(d.evict_lru);
+  }
+  resp->set_workers_alive(manager_->AllWorkersAlive());
+  return grpc::Status::OK;
+}
+
+grpc::Status ManagementServiceImpl::SetLogLevel(grpc::ServerContext*, const pb::SetLogLevelRequest* req,
+                                                pb::SetLogLevelResponse* resp) {
+  const auto previous = spdlog::level::to_string_view(spdlog::get_level());
+  resp->set_previous(std::string(previous.data(), previous.size()));
+  if (auto s = splitlearnd::SetLogLevel(req->level()); !s.ok()) return Grpc(s);
+  resp->set_level(req->level());
+  spdlog::warn("log level set to {} (was {}) through the management API", req->level(), resp->previous());
+  return grpc::Status::OK;
+}
+
+ManagementServer::ManagementServer(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info)
+    : service_(manager, reloader, std::move(info)) {}
+
+ManagementServer::~ManagementServer() { Shutdown(); }
+
+Status ManagementServer::Start(const std::string& address) {
+  const bool unix_socket = address.rfind("unix:", 0) == 0;
+  std::string socket_path;
+  if (unix_socket) {
+    socket_path = address.substr(5);
+    if (socket_path.rfind("//", 0) == 0) socket_path = socket_path.substr(2);
+    const auto dir = std::filesystem::path(socket_path).parent_path();
+    std::error_code ec;
+    if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) {
+      return Unavailable("cannot listen on " + address + ": directory " + dir.string() + " does not exist");
+    }
+  }
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service_);
+  // A few threads are plenty; LoadModel and ReloadConfig may block one each.
+  grpc::ResourceQuota quota("splitlearnd-management");
+  quota.SetMaxThreads(8);
+  builder.SetResourceQuota(quota);
+  server_ = builder.BuildAndStart();
+  if (!server_) return Unavailable("cannot listen on " + address);
+  if (unix_socket) {
+    bound_address_ = address;
+    if (chmod(socket_path.c_str(), 0660) != 0) spdlog::warn("cannot chmod {}: {}", socket_path, std::strerror(errno));
+  } else {
+    if (port == 0) {
+      server_.reset();
+      return Unavailable("cannot listen on " + address);
+    }
+    bound_address_ = address.substr(0, address.rfind(':')) + ":" + std::to_string(port);
+  }
+  service_.set_management_address(bound_address_);
+  return Status::Ok();
+}
+
+void ManagementServer::Shutdown() {
+  if (!server_) return;
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server_->Wait();
+  server_.reset();
+}
+
+}  // namespace splitlearnd

@@ -1,0 +1,540 @@
+// ModelManager with fake models: lifecycle, reload semantics, limits, unload under
+// load. No gRPC and no libtorch, so ThreadSanitizer can check it.
+#include "manager/model_manager.h"
+
+#include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "tests/fakes/fake_model.h"
+
+using namespace splitlearnd;
+using namespace splitlearnd::testing;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+ModelConfig MakeModel(const std::string& id, const std::string& path = "") {
+  ModelConfig m;
+  m.id = id;
+  m.path = path.empty() ? "/fake/" + id + ".pt" : path;
+  return m;
+}
+
+Config MakeConfig(std::vector<ModelConfig> models, DeviceConfig cpu = DeviceConfig{"cpu"}) {
+  Config c;
+  c.models = std::move(models);
+  cpu.name = "cpu";
+  c.devices["cpu"] = cpu;
+  return c;
+}
+
+// Runs one float through `id` the way the compute service does: look up, enqueue,
+// wait for the worker. Returns the output value.
+StatusOr<float> Infer(const ModelManager& manager, const std::string& id, float x) {
+  auto route = manager.Lookup(id);
+  if (!route.ok()) return route.status();
+  auto values = std::make_shared<std::vector<float>>(1, x);
+  auto job = std::make_unique<Job>();
+  job->model = (*route)->model;
+  job->request.inputs.push_back(NamedTensor{"", HostTensor{DType::kFloat32, {1, 1}, values->data(), 4, values}});
+  auto promise = std::make_shared<std::promise<StatusOr<float>>>();
+  auto future = promise->get_future();
+  job->done = [promise](StatusOr<InferenceResult> r, const JobTiming&) {
+    if (!r.ok()) return promise->set_value(r.status());
+    promise->set_value(*static_cast<const float*>(r->outputs.front().tensor.data));
+  };
+  Status queued = (*route)->queue->TryEnqueue(job);
+  if (!queued.ok()) return queued;
+  return future.get();
+}
+
+bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = 10s) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+ModelStatus StatusOfModel(const ModelManager& m, const std::string& id) {
+  auto s = m.GetModel(id);
+  REQUIRE(s.has_value());
+  return *s;
+}
+
+// A scratch directory removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/splitlearnd-manager-test-XXXXXX";
+    REQUIRE(mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string Write(const std::string& name, const std::string& content) const {
+    const fs::path p = path / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary | std::ios::trunc) << content;
+    return p.string();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("models load on the loader thread and become READY with timestamps") {
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  const auto before = std::chrono::system_clock::now();
+  const ApplyResult r = manager.Apply(MakeConfig({MakeModel("a"), MakeModel("b")}));
+  CHECK(r.added == std::vector<std::string>{"a", "b"});
+  REQUIRE(manager.WaitIdle(10s));
+  for (const std::string id : {"a", "b"}) {
+    const ModelStatus s = StatusOfModel(manager, id);
+    CHECK(s.state == ModelState::kReady);
+    CHECK(s.version > 0);
+    CHECK(s.parameter_bytes == 1024);
+    CHECK(s.state_since >= before);
+    CHECK(s.loaded_at >= before);
+    CHECK(s.last_error.empty());
+  }
+  REQUIRE(loader->load_threads().size() == 1);
+  CHECK(*loader->load_threads().begin() != std::this_thread::get_id());
+  CHECK(Infer(manager, "a", 1.0f).value() == 2.0f);
+  CHECK(manager.AllReady());
+  CHECK(manager.AllWorkersAlive());
+  CHECK(manager.ServingCount() == 2);
+  CHECK(manager.Lookup("nope").status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("reload: added, changed, in-place, unchanged and removed models") {
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour add10;
+  add10.add = 10;
+  loader->Set("/fake/b-v2.pt", add10);
+  ModelManager manager(loader);
+  manager.Apply(MakeConfig({MakeModel("a"), MakeModel("b"), MakeModel("c")}));
+  REQUIRE(manager.WaitIdle(10s));
+  auto a_before = loader->Last("a");
+  const uint64_t b_version = StatusOfModel(manager, "b").version;
+  const int loads = loader->loads();
+
+  auto a = MakeModel("a");
+  a.timeout_ms = 1234;
+  a.batching.max_batch_size = 4;
+  const ApplyResult r = manager.Apply(MakeConfig({a, MakeModel("b", "/fake/b-v2.pt"), MakeModel("d")}));
+  CHECK(r.updated == std::vector<std::string>{"a"});
+  CHECK(r.changed == std::vector<std::string>{"b"});
+  CHECK(r.added == std::vector<std::string>{"d"});
+  CHECK(r.removed == std::vector<std::string>{"c"});
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(loader->loads() == loads + 2);  // b's new version and d
+
+  // In place: same model object, new options on its route.
+  CHECK(loader->Last("a") == a_before);
+  auto route_a = manager.Lookup("a");
+  REQUIRE(route_a.ok());
+  CHECK((*route_a)->config.timeout_ms == 1234);
+  CHECK((*route_a)->config.batching.max_batch_size == 4);
+  // Changed: a new version answers.
+  CHECK(StatusOfModel(manager, "b").version > b_version);
+  CHECK(Infer(manager, "b", 1.0f).value() == 11.0f);
+  // Removed: gone from routing.
+  CHECK(manager.Lookup("c").status().code() == StatusCode::kNotFound);
+  CHECK_FALSE(manager.GetModel("c").has_value());
+  CHECK(Infer(manager, "d", 1.0f).value() == 2.0f);
+
+  // The same config again touches nothing.
+  const int loads_after = loader->loads();
+  const ApplyResult again = manager.Apply(MakeConfig({a, MakeModel("b", "/fake/b-v2.pt"), MakeModel("d")}));
+  CHECK(again.unchanged.size() == 3);
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(loader->loads() == loads_after);
+}
+
+TEST_CASE("a failed load keeps the old version serving; a new model that fails is FAILED") {
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour broken;
+  broken.fail_load = true;
+  loader->Set("/fake/broken.pt", broken);
+  ModelManager manager(loader);
+  manager.Apply(MakeConfig({MakeModel("a")}));
+  REQUIRE(manager.WaitIdle(10s));
+  const uint64_t version = StatusOfModel(manager, "a").version;
+
+  manager.Apply(MakeConfig({MakeModel("a", "/fake/broken.pt"), MakeModel("n", "/fake/broken.pt")}));
+  REQUIRE(manager.WaitIdle(10s));
+  const ModelStatus a = StatusOfModel(manager, "a");
+  CHECK(a.state == ModelState::kReady);
+  CHECK(a.version == version);
+  CHECK_THAT(a.last_error, Catch::Contains("fake load failure"));
+  CHECK(Infer(manager, "a", 1.0f).value() == 2.0f);
+
+  const ModelStatus n = StatusOfModel(manager, "n");
+  CHECK(n.state == ModelState::kFailed);
+  CHECK_THAT(n.last_error, Catch::Contains("fake load failure"));
+  CHECK(manager.Lookup("n").status().code() == StatusCode::kUnavailable);
+  CHECK_FALSE(manager.AllReady());
+
+  // The next reload retries the failed model.
+  loader->Set("/fake/broken.pt", FakeBehaviour{});
+  const ApplyResult r = manager.Apply(MakeConfig({MakeModel("a"), MakeModel("n", "/fake/broken.pt")}));
+  CHECK(r.retried == std::vector<std::string>{"n"});
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(StatusOfModel(manager, "n").state == ModelState::kReady);
+}
+
+TEST_CASE("a model file rewritten in place is a change; a touch with the same bytes is not") {
+  TempDir dir;
+  const std::string path = dir.Write("m.pt", "version one");
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager::Hooks hooks;
+  hooks.file_digest = [](const std::string& p) -> StatusOr<std::string> {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  ModelManager manager(loader, hooks);
+  const Config config = MakeConfig({MakeModel("m", path)});
+  manager.Apply(config);
+  REQUIRE(manager.WaitIdle(10s));
+  const uint64_t v1 = StatusOfModel(manager, "m").version;
+  CHECK(StatusOfModel(manager, "m").sha256 == "version one");
+
+  // Same path, new bytes (written to a new file and renamed over, as editors do).
+  dir.Write("m.pt.tmp", "version two!");
+  fs::rename(dir.path / "m.pt.tmp", path);
+  ApplyResult r = manager.Apply(config);
+  CHECK(r.file_changed == std::vector<std::string>{"m"});
+  REQUIRE(manager.WaitIdle(10s));
+  const uint64_t v2 = StatusOfModel(manager, "m").version;
+  CHECK(v2 > v1);
+
+  // New mtime, same bytes: checked, not reloaded.
+  const int loads = loader->loads();
+  fs::last_write_time(path, fs::last_write_time(path) + 5s);
+  r = manager.Apply(config);
+  CHECK(r.file_changed == std::vector<std::string>{"m"});
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(loader->loads() == loads);
+  CHECK(StatusOfModel(manager, "m").version == v2);
+  // ... and the next reload sees nothing new.
+  CHECK(manager.Apply(config).unchanged == std::vector<std::string>{"m"});
+}
+
+TEST_CASE("without a digest hook any new fingerprint reloads") {
+  TempDir dir;
+  const std::string path = dir.Write("m.pt", "one");
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  const Config config = MakeConfig({MakeModel("m", path)});
+  manager.Apply(config);
+  REQUIRE(manager.WaitIdle(10s));
+  const uint64_t v1 = StatusOfModel(manager, "m").version;
+  dir.Write("m.pt", "two, longer");
+  CHECK(manager.Apply(config).file_changed.size() == 1);
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(StatusOfModel(manager, "m").version > v1);
+}
+
+TEST_CASE("a swap under load from 8 threads fails no request; answers switch to the new version") {
+  const int live_before = FakeModel::live();
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour v2;
+  v2.add = 100;
+  v2.load_delay = 100ms;  // the old version keeps serving while the new one loads
+  loader->Set("/fake/m-v2.pt", v2);
+  ModelManager manager(loader);
+  manager.Apply(MakeConfig({MakeModel("m")}, DeviceConfig{"cpu", 0, 0, 0, 4096}));
+  REQUIRE(manager.WaitIdle(10s));
+
+  std::atomic<bool> stop{false}, swapped{false};
+  std::atomic<int> ok{0}, failed{0}, stale_after_swap{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 8; ++t) {
+    clients.emplace_back([&] {
+      while (!stop) {
+        const bool after = swapped.load();
+        auto r = Infer(manager, "m", 1.0f);
+        if (!r.ok()) {
+          ++failed;
+        } else {
+          ++ok;
+          if (after && *r != 101.0f) ++stale_after_swap;
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(50ms);
+  manager.Apply(MakeConfig({MakeModel("m", "/fake/m-v2.pt")}));
+  REQUIRE(manager.WaitIdle(10s));
+  swapped = true;
+  std::this_thread::sleep_for(50ms);
+  stop = true;
+  for (auto& c : clients) c.join();
+  CHECK(failed == 0);
+  CHECK(ok > 0);
+  CHECK(stale_after_swap == 0);
+  // The old version's memory goes once its last request is done.
+  CHECK(WaitFor([&] { return manager.ListDraining().empty(); }));
+  CHECK(FakeModel::live() == live_before + 1);
+}
+
+TEST_CASE("unload while 8 threads hammer: in-flight finish, later NOT_FOUND, memory released") {
+  const int live_before = FakeModel::live();
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour slowish;
+  slowish.delay = 2ms;
+  loader->Set("/fake/u.pt", slowish);
+  std::vector<std::pair<std::string, uint64_t>> released;
+  std::mutex released_mu;
+  ModelManager::Hooks hooks;
+  hooks.on_version_released = [&](const std::string& id, uint64_t v) {
+    std::lock_guard<std::mutex> lock(released_mu);
+    released.emplace_back(id, v);
+  };
+  ModelManager manager(loader, hooks);
+  manager.Apply(MakeConfig({MakeModel("u", "/fake/u.pt"), MakeModel("other")}, DeviceConfig{"cpu", 0, 0, 0, 4096}));
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(FakeModel::live() == live_before + 2);
+  const uint64_t version = StatusOfModel(manager, "u").version;
+
+  std::atomic<bool> unloaded{false}, stop{false};
+  std::atomic<int> ok{0}, not_found_after{0}, other_errors{0}, ok_started_after{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 8; ++t) {
+    clients.emplace_back([&] {
+      while (!stop) {
+        const bool after = unloaded.load();
+        auto r = Infer(manager, "u", 1.0f);
+        if (r.ok()) {
+          ++ok;
+          if (after) ++ok_started_after;
+        } else if (r.status().code() == StatusCode::kNotFound) {
+          if (after) ++not_found_after;
+        } else {
+          ++other_errors;
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(100ms);
+  REQUIRE(manager.Unload("u").ok());
+  unloaded = true;
+  std::this_thread::sleep_for(100ms);
+  stop = true;
+  for (auto& c : clients) c.join();
+
+  CHECK(ok > 0);
+  CHECK(other_errors == 0);         // everything accepted before the unload finished fine
+  CHECK(ok_started_after == 0);     // nothing looked up after the unload ran
+  CHECK(not_found_after > 0);
+  CHECK(manager.Lookup("u").status().code() == StatusCode::kNotFound);
+  CHECK(StatusOfModel(manager, "u").state == ModelState::kUnloaded);
+  CHECK(manager.Unload("u").code() == StatusCode::kNotFound);
+
+  // Memory: the fake's live count drops back once the last request is gone, and the
+  // model is freed on the loader thread (not on a worker or this thread).
+  REQUIRE(WaitFor([&] { return FakeModel::live() == live_before + 1; }));
+  CHECK(FakeModel::last_destroyed_on() == *loader->load_threads().begin());
+  REQUIRE(WaitFor([&] { return manager.ListDraining().empty(); }));
+  std::lock_guard<std::mutex> lock(released_mu);
+  REQUIRE(released.size() == 1);
+  CHECK(released[0] == std::make_pair(std::string("u"), version));
+  CHECK(Infer(manager, "other", 1.0f).value() == 2.0f);
+}
+
+TEST_CASE("an unloaded config model stays unloaded on reload until its config changes or it is loaded") {
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  const Config config = MakeConfig({MakeModel("a")});
+  manager.Apply(config);
+  REQUIRE(manager.WaitIdle(10s));
+  REQUIRE(manager.Unload("a").ok());
+  CHECK(manager.Apply(config).unchanged == std::vector<std::string>{"a"});
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(StatusOfModel(manager, "a").state == ModelState::kUnloaded);
+  CHECK(manager.AllReady());  // an operator's unload is not a fault
+
+  REQUIRE(manager.Load(config.models[0], true).ok());
+  REQUIRE(manager.WaitForModel("a", 10s));
+  CHECK(StatusOfModel(manager, "a").state == ModelState::kReady);
+  CHECK(Infer(manager, "a", 0.0f).value() == 1.0f);
+}
+
+TEST_CASE("models loaded by path: id clashes refused, left alone by reloads, gone when unloaded") {
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  const Config config = MakeConfig({MakeModel("a")});
+  manager.Apply(config);
+  REQUIRE(manager.WaitIdle(10s));
+
+  CHECK(manager.Load(MakeModel("a", "/fake/x.pt"), false).code() == StatusCode::kAlreadyExists);
+  REQUIRE(manager.Load(MakeModel("x", "/fake/x.pt"), false).ok());
+  REQUIRE(manager.WaitForModel("x", 10s));
+  CHECK_FALSE(StatusOfModel(manager, "x").from_config);
+  CHECK(manager.Apply(config).removed.empty());
+  CHECK(Infer(manager, "x", 1.0f).value() == 2.0f);
+  REQUIRE(manager.Unload("x").ok());
+  CHECK_FALSE(manager.GetModel("x").has_value());
+  CHECK(manager.Lookup("x").status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("Reload loads a new version even when nothing changed") {
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  manager.Apply(MakeConfig({MakeModel("a")}));
+  REQUIRE(manager.WaitIdle(10s));
+  const uint64_t v1 = StatusOfModel(manager, "a").version;
+  REQUIRE(manager.Reload("a").ok());
+  REQUIRE(manager.WaitForModel("a", 10s));
+  CHECK(StatusOfModel(manager, "a").version > v1);
+  CHECK(manager.Reload("nope").code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("max_models refuses a load with a clear error") {
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  DeviceConfig cpu;
+  cpu.max_models = 2;
+  manager.Apply(MakeConfig({MakeModel("a"), MakeModel("b"), MakeModel("c")}, cpu));
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(StatusOfModel(manager, "a").state == ModelState::kReady);
+  CHECK(StatusOfModel(manager, "b").state == ModelState::kReady);
+  const ModelStatus c = StatusOfModel(manager, "c");
+  CHECK(c.state == ModelState::kFailed);
+  CHECK_THAT(c.last_error, Catch::Contains("max_models"));
+  CHECK(FakeModel::live() >= 2);
+  auto devices = manager.ListDevices();
+  REQUIRE(devices.size() == 1);
+  CHECK(devices[0].models == 2);
+  CHECK(devices[0].max_models == 2);
+}
+
+TEST_CASE("a memory budget refuses, or evicts the least recently used model") {
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour big;
+  big.parameter_bytes = 600;
+  FakeBehaviour small;
+  small.parameter_bytes = 300;
+  loader->Set("/fake/big.pt", big);
+  loader->Set("/fake/s1.pt", small);
+  loader->Set("/fake/s2.pt", small);
+
+  SECTION("refused") {
+    DeviceConfig cpu;
+    cpu.memory_budget_bytes = 1000;
+    ModelManager manager(loader);
+    manager.Apply(MakeConfig({MakeModel("s1", "/fake/s1.pt"), MakeModel("s2", "/fake/s2.pt"),
+                              MakeModel("big", "/fake/big.pt")}, cpu));
+    REQUIRE(manager.WaitIdle(10s));
+    const ModelStatus b = StatusOfModel(manager, "big");
+    CHECK(b.state == ModelState::kFailed);
+    CHECK_THAT(b.last_error, Catch::Contains("memory_budget_bytes"));
+    CHECK(manager.ListDevices()[0].memory_used_bytes == 600);
+  }
+  SECTION("evicted, least recently used first") {
+    DeviceConfig cpu;
+    cpu.memory_budget_bytes = 1000;
+    cpu.evict_lru = true;
+    ModelManager manager(loader);
+    Config config = MakeConfig({MakeModel("s1", "/fake/s1.pt"), MakeModel("s2", "/fake/s2.pt")}, cpu);
+    manager.Apply(config);
+    REQUIRE(manager.WaitIdle(10s));
+    std::this_thread::sleep_for(5ms);
+    REQUIRE(Infer(manager, "s1", 0.0f).ok());  // s1 is now more recent than s2
+    config.models.push_back(MakeModel("big", "/fake/big.pt"));
+    manager.Apply(config);
+    REQUIRE(manager.WaitIdle(10s));
+    CHECK(StatusOfModel(manager, "big").state == ModelState::kReady);
+    CHECK(StatusOfModel(manager, "s1").state == ModelState::kReady);
+    const ModelStatus s2 = StatusOfModel(manager, "s2");
+    CHECK(s2.state == ModelState::kUnloaded);
+    CHECK_THAT(s2.last_error, Catch::Contains("evicted"));
+    CHECK(manager.Lookup("s2").status().code() == StatusCode::kNotFound);
+    CHECK(manager.ListDevices()[0].memory_used_bytes == 900);
+  }
+  SECTION("larger than the whole budget") {
+    DeviceConfig cpu;
+    cpu.memory_budget_bytes = 500;
+    cpu.evict_lru = true;
+    ModelManager manager(loader);
+    manager.Apply(MakeConfig({MakeModel("big", "/fake/big.pt")}, cpu));
+    REQUIRE(manager.WaitIdle(10s));
+    CHECK(StatusOfModel(manager, "big").state == ModelState::kFailed);
+  }
+}
+
+TEST_CASE("state changes reach the hook; last use is stamped by Lookup") {
+  auto loader = std::make_shared<FakeLoader>();
+  std::vector<std::string> seen;
+  std::mutex mu;
+  ModelManager::Hooks hooks;
+  hooks.on_state_change = [&](const ModelStatus& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(s.id + ":" + ModelStateName(s.state));
+  };
+  ModelManager manager(loader, hooks);
+  manager.Apply(MakeConfig({MakeModel("a")}));
+  REQUIRE(manager.WaitIdle(10s));
+  const auto before = StatusOfModel(manager, "a").last_used;
+  std::this_thread::sleep_for(5ms);
+  REQUIRE(manager.Lookup("a").ok());
+  CHECK(StatusOfModel(manager, "a").last_used > before);
+  manager.Apply(MakeConfig({MakeModel("b")}));
+  REQUIRE(manager.WaitIdle(10s));
+  std::lock_guard<std::mutex> lock(mu);
+  CHECK(seen == std::vector<std::string>{"a:LOADING", "a:READY", "a:UNLOADING", "b:LOADING", "b:READY"});
+}
+
+TEST_CASE("model paths resolve inside model_root only") {
+  TempDir root;
+  TempDir outside;
+  root.Write("ok.pt", "x");
+  root.Write("sub/deep.pt", "x");
+  const std::string secret = outside.Write("secret.pt", "x");
+  fs::create_symlink(secret, root.path / "escape.pt");
+  fs::create_symlink(outside.path, root.path / "escape-dir");
+  fs::create_symlink(root.path / "ok.pt", root.path / "alias.pt");
+  const std::string r = root.path.string();
+
+  CHECK(ResolveInsideRoot(r, "ok.pt").value() == fs::canonical(root.path / "ok.pt").string());
+  CHECK(ResolveInsideRoot(r, "sub/deep.pt").ok());
+  CHECK(ResolveInsideRoot(r, (root.path / "ok.pt").string()).ok());
+  CHECK(ResolveInsideRoot(r, "alias.pt").value() == fs::canonical(root.path / "ok.pt").string());
+
+  CHECK(ResolveInsideRoot(r, "../secret.pt").status().code() == StatusCode::kInvalidArgument);
+  CHECK(ResolveInsideRoot(r, "sub/../../x.pt").status().code() == StatusCode::kInvalidArgument);
+  CHECK(ResolveInsideRoot(r, secret).status().code() == StatusCode::kPermissionDenied);
+  CHECK(ResolveInsideRoot(r, "/etc/passwd").status().code() == StatusCode::kPermissionDenied);
+  CHECK(ResolveInsideRoot(r, "escape.pt").status().code() == StatusCode::kPermissionDenied);
+  CHECK(ResolveInsideRoot(r, "escape-dir/secret.pt").status().code() == StatusCode::kPermissionDenied);
+  CHECK(ResolveInsideRoot(r, "missing.pt").status().code() == StatusCode::kNotFound);
+  CHECK(ResolveInsideRoot(r, "sub").status().code() == StatusCode::kInvalidArgument);
+  CHECK(ResolveInsideRoot(r, "").status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("shutdown with handles still held does not crash or leak") {
+  const int live_before = FakeModel::live();
+  std::shared_ptr<const Route> held;
+  {
+    auto loader = std::make_shared<FakeLoader>();
+    ModelManager manager(loader);
+    manager.Apply(MakeConfig({MakeModel("a")}));
+    REQUIRE(manager.WaitIdle(10s));
+    held = manager.Lookup("a").value();
+    manager.Shutdown();
+    CHECK(manager.Lookup("a").status().code() == StatusCode::kNotFound);
+  }
+  CHECK(FakeModel::live() == live_before + 1);
+  held.reset();
+  CHECK(FakeModel::live() == live_before);
+}
