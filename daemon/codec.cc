@@ -74,6 +74,14 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
   InferenceRequest& r = out.request;
   if (!CheckName(req.model_id(), limits)) return InvalidArgument("model_id is too long");
   if (req.has_forward_id() && !CheckName(req.forward_id(), limits)) return InvalidArgument("forward_id is too long");
+  if (!CheckName(req.session_id(), limits)) return InvalidArgument("session_id is too long");
+  r.session_id = req.session_id();
+  r.training = req.training_mode();
+  if (req.has_forward_id()) r.forward_id = req.forward_id();
+  if (r.training && !r.session_id.empty()) return InvalidArgument("a training forward cannot use a session");
+  if (!r.session_id.empty() && req.past_key_values_size() > 0) {
+    return InvalidArgument("a session step takes its cache from the session, not from past_key_values");
+  }
   if (req.metadata_size() > limits.max_metadata_entries) return InvalidArgument("too many metadata entries");
   size_t meta_bytes = 0;
   for (const auto& [k, v] : req.metadata()) meta_bytes += k.size() + v.size();
@@ -128,7 +136,7 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
 
   // Batching key: requests merge only when every input agrees on name, dtype and
   // trailing dimensions and all inputs share dim 0. Cache and training never merge.
-  const bool mergeable = !r.use_cache && r.past_key_values.empty() && !req.training_mode();
+  const bool mergeable = !r.use_cache && r.past_key_values.empty() && !r.training && r.session_id.empty();
   out.rows = r.inputs.front().tensor.shape.front();
   if (mergeable) {
     KeyHasher h;
@@ -162,6 +170,30 @@ Status CopyShape(const std::vector<int64_t>& shape, ShapeField* field) {
 
 }  // namespace
 
+StatusOr<BackwardRequest> DecodeBackward(const pb::BackwardRequest& req, const Limits& limits) {
+  BackwardRequest out;
+  if (req.forward_id().empty()) return InvalidArgument("forward_id is empty");
+  if (!CheckName(req.forward_id(), limits)) return InvalidArgument("forward_id is too long");
+  if (req.has_model_id() && !CheckName(req.model_id(), limits)) return InvalidArgument("model_id is too long");
+  out.forward_id = req.forward_id();
+  if (auto s = DecodeTensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(), limits, "grad_output",
+                            &out.grad_output);
+      !s.ok()) {
+    return s;
+  }
+  if (req.has_learning_rate()) {
+    if (!(req.learning_rate() >= 0) || req.learning_rate() > 1e6) return InvalidArgument("learning_rate is out of range");
+    out.learning_rate = req.learning_rate();
+  }
+  if (req.has_accumulation_step()) {
+    if (req.accumulation_step() < 1 || req.accumulation_step() > 1 << 20) {
+      return InvalidArgument("accumulation_step must be at least 1");
+    }
+    out.accumulation_steps = req.accumulation_step();
+  }
+  return out;
+}
+
 Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp) {
   if (result.outputs.empty()) return Internal("model returned no output");
   const HostTensor& primary = result.outputs.front().tensor;
@@ -184,6 +216,18 @@ Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp) {
     if (auto s = CopyShape(kv.value.shape, e->mutable_value_shape()); !s.ok()) return s;
     e->set_dtype(static_cast<pb::DType>(kv.key.dtype));
   }
+  if (!result.forward_id.empty()) resp->set_forward_id(result.forward_id);
+  if (!result.session_id.empty()) resp->set_session_id(result.session_id);
+  if (result.session_tokens >= 0) resp->set_session_tokens(result.session_tokens);
+  return Status::Ok();
+}
+
+Status EncodeBackward(const InferenceResult& result, pb::BackwardResponse* resp) {
+  if (result.outputs.empty()) return Internal("backward returned no gradient");
+  const HostTensor& g = result.outputs.front().tensor;
+  resp->set_grad_input_data(g.data, g.nbytes);
+  if (auto s = CopyShape(g.shape, resp->mutable_grad_input_shape()); !s.ok()) return s;
+  resp->set_dtype(static_cast<pb::DType>(g.dtype));
   return Status::Ok();
 }
 

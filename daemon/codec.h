@@ -32,8 +32,13 @@ struct DecodedCompute {
 // Validates and decodes a ComputeRequest (fields 1-15 plus extensions).
 StatusOr<DecodedCompute> DecodeCompute(const splitlearn::comm::ComputeRequest& req, const Limits& limits);
 
-// Fills data/shape/dtype, extra outputs and present_key_values of `resp`.
+// Validates and decodes a BackwardRequest (the training settings are the caller's).
+StatusOr<BackwardRequest> DecodeBackward(const splitlearn::comm::BackwardRequest& req, const Limits& limits);
+
+// Fills data/shape/dtype, extra outputs, present_key_values and the ids of `resp`.
 Status EncodeCompute(const InferenceResult& result, splitlearn::comm::ComputeResponse* resp);
+// Fills the input gradient of `resp` from outputs[0].
+Status EncodeBackward(const InferenceResult& result, splitlearn::comm::BackwardResponse* resp);
 
 // Validates one raw tensor of the wire. `what` names it in error messages.
 template <typename ShapeField>

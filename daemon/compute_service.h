@@ -7,8 +7,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "compute.grpc.pb.h"
 #include "daemon/codec.h"
@@ -47,6 +51,7 @@ class RequestObserver {
 class ComputeServiceImpl final : public splitlearn::comm::ComputeService::CallbackService {
  public:
   ComputeServiceImpl(ModelManager* manager, Limits limits, std::string version);
+  ~ComputeServiceImpl() override;
 
   grpc::ServerUnaryReactor* Compute(grpc::CallbackServerContext* ctx, const splitlearn::comm::ComputeRequest* req,
                                     splitlearn::comm::ComputeResponse* resp) override;
@@ -58,6 +63,16 @@ class ComputeServiceImpl final : public splitlearn::comm::ComputeService::Callba
   grpc::ServerUnaryReactor* GetServiceInfo(grpc::CallbackServerContext* ctx,
                                            const splitlearn::comm::ServiceInfoRequest* req,
                                            splitlearn::comm::ServiceInfoResponse* resp) override;
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx, const splitlearn::comm::OpenSessionRequest* req,
+                                        splitlearn::comm::OpenSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* ctx,
+                                         const splitlearn::comm::CloseSessionRequest* req,
+                                         splitlearn::comm::CloseSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* SaveCheckpoint(grpc::CallbackServerContext* ctx,
+                                           const splitlearn::comm::CheckpointRequest* req,
+                                           splitlearn::comm::CheckpointResponse* resp) override;
+  grpc::ServerBidiReactor<splitlearn::comm::ComputeRequest, splitlearn::comm::ComputeResponse>* Generate(
+      grpc::CallbackServerContext* ctx) override;
 
   CallGate& gate() { return gate_; }
   void set_observer(RequestObserver* observer) { observer_ = observer; }
@@ -65,8 +80,12 @@ class ComputeServiceImpl final : public splitlearn::comm::ComputeService::Callba
   uint64_t total_requests() const { return total_requests_.load(); }
 
  private:
-  friend class ComputeCall;
+  friend class DeviceCall;
+  friend class GenerateCall;
   double UptimeSeconds() const;
+  // Every second: lets each model expire idle sessions and old training graphs, on
+  // its own device worker.
+  void MaintenanceLoop();
 
   ModelManager* manager_;
   const Limits limits_;
@@ -77,6 +96,11 @@ class ComputeServiceImpl final : public splitlearn::comm::ComputeService::Callba
   RequestObserver* observer_ = nullptr;
   std::atomic<uint64_t> total_requests_{0};
   std::atomic<uint64_t> failed_requests_{0};
+
+  std::mutex maintenance_mu_;
+  std::condition_variable maintenance_cv_;
+  bool stopping_ = false;
+  std::thread maintenance_;
 };
 
 grpc::Status ToGrpc(const Status& s);

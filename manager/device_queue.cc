@@ -108,11 +108,15 @@ void DeviceQueue::RunBatch(std::vector<std::unique_ptr<Job>>& batch) {
               batch.end());
   if (batch.empty()) return;
 
-  std::vector<const InferenceRequest*> requests;
-  requests.reserve(batch.size());
-  for (const auto& j : batch) requests.push_back(&j->request);
-
-  std::vector<StatusOr<InferenceResult>> results = batch.front()->model->Run(requests);
+  std::vector<StatusOr<InferenceResult>> results;
+  if (batch.front()->custom) {
+    results.push_back(batch.front()->custom(*batch.front()->model));
+  } else {
+    std::vector<const InferenceRequest*> requests;
+    requests.reserve(batch.size());
+    for (const auto& j : batch) requests.push_back(&j->request);
+    results = batch.front()->model->Run(requests);
+  }
   const auto finished = SteadyClock::now();
   const int n = static_cast<int>(batch.size());
   jobs_run_.fetch_add(n, std::memory_order_relaxed);

@@ -45,6 +45,10 @@ struct Job {
   SteadyClock::time_point deadline = SteadyClock::time_point::max();
   std::shared_ptr<const std::atomic<bool>> cancelled;  // may be null
 
+  // Work other than a forward (backward, session control): when set, the worker calls
+  // it instead of Model::Run. Such jobs never merge (keep batch_key 0).
+  std::function<StatusOr<InferenceResult>(const Model&)> custom;
+
   // Called exactly once, on the worker thread, unless TryEnqueue refused the job.
   std::function<void(StatusOr<InferenceResult>, const JobTiming&)> done;
 

@@ -2,9 +2,15 @@
 #include "manager/torchscript/torchscript.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
 
 #include <torch/cuda.h>
+#include <torch/optim.h>
+#include <torch/serialize.h>
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 #include <torch/version.h>
@@ -13,12 +19,16 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
 namespace splitlearnd {
 namespace {
+
+using SteadyClock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------- threads
 
@@ -148,10 +158,41 @@ bool IsKVListType(const c10::TypePtr& type) {
          tuple->elements()[1]->kind() == c10::TypeKind::TensorType;
 }
 
+using KVList = std::vector<std::pair<at::Tensor, at::Tensor>>;
+
+int64_t KVBytes(const KVList& kv) {
+  int64_t n = 0;
+  for (const auto& [k, v] : kv) n += static_cast<int64_t>(k.nbytes() + v.nbytes());
+  return n;
+}
+
+// Writes `path` through a temporary file: write, fsync, rename, fsync the directory,
+// so a crash leaves either the old file or the new one, never half of one.
+template <typename WriteFn>
+Status AtomicWrite(const std::string& path, WriteFn write) {
+  const std::string tmp = path + ".tmp";
+  write(tmp);
+  const int fd = ::open(tmp.c_str(), O_RDONLY);
+  if (fd < 0) return Internal("cannot reopen " + tmp + ": " + std::strerror(errno));
+  const bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced) return Internal("fsync of " + tmp + " failed: " + std::strerror(errno));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return Internal("rename to " + path + " failed: " + std::strerror(errno));
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return Status::Ok();
+}
+
 class TorchScriptModel final : public Model {
  public:
   TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device)
-      : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)) {
+      : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)),
+        training_(config.training) {
     const auto& schema = module_.get_method("forward").function().getSchema();
     const auto& args = schema.arguments();
     for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
@@ -168,13 +209,55 @@ class TorchScriptModel final : public Model {
       else if (type->kind() == c10::TypeKind::BoolType) a.kind = ArgKind::kBool;
       args_.push_back(std::move(a));
     }
-    for (const auto& p : module_.parameters()) parameter_bytes_ += p.nbytes();
+    takes_cache_ = std::any_of(args_.begin(), args_.end(), [](const ArgInfo& a) { return a.kind == ArgKind::kKVList; });
+    for (const auto& p : module_.parameters()) {
+      parameter_bytes_ += p.nbytes();
+      params_.push_back(p);
+    }
     for (const auto& b : module_.buffers()) parameter_bytes_ += b.nbytes();
+    const bool trainable = training_.enabled && training_.optimizer != "none";
+    for (auto& p : params_) p.requires_grad_(trainable);
+    if (trainable && !params_.empty()) {
+      if (training_.optimizer == "adam") {
+        optimizer_ = std::make_unique<torch::optim::Adam>(params_, torch::optim::AdamOptions(training_.learning_rate));
+      } else {
+        optimizer_ = std::make_unique<torch::optim::SGD>(
+            params_, torch::optim::SGDOptions(training_.learning_rate).momentum(training_.momentum));
+      }
+    }
+  }
+
+  ~TorchScriptModel() override {
+    // Nothing learnt is lost: parameters changed since the last checkpoint are written.
+    if (optimizer_ && !training_.checkpoint_path.empty() && steps_.load() > saved_steps_) {
+      Status s = SaveCheckpoint(training_.checkpoint_path);
+      if (!s.ok()) spdlog::error("model '{}': final checkpoint failed: {}", id_, s.message());
+      else spdlog::info("model '{}': checkpoint written to {} ({} optimizer steps)", id_, training_.checkpoint_path, steps_.load());
+    }
   }
 
   const std::string& id() const override { return id_; }
   const std::string& device() const override { return device_name_; }
   int64_t ParameterBytes() const override { return parameter_bytes_; }
+
+  ModelStats Stats() const override {
+    ModelStats s;
+    s.sessions = session_count_.load();
+    s.session_bytes = session_bytes_.load();
+    s.training_graphs = graph_count_.load();
+    s.training_graph_bytes = graph_bytes_.load();
+    s.optimizer_steps = steps_.load();
+    return s;
+  }
+
+  void RestoreOptimizer(const std::string& path) {
+    if (!optimizer_) return;
+    try {
+      torch::load(*optimizer_, path);
+    } catch (const c10::Error& e) {
+      spdlog::warn("model '{}': optimizer state in {} not restored: {}", id_, path, e.what_without_backtrace());
+    }
+  }
 
   std::vector<StatusOr<InferenceResult>> Run(const std::vector<const InferenceRequest*>& batch) const override {
     std::vector<StatusOr<InferenceResult>> results;
@@ -189,13 +272,17 @@ class TorchScriptModel final : public Model {
 
   StatusOr<InferenceResult> RunOne(const InferenceRequest& request) const {
     try {
+      if (request.training) return TrainingForward(request);
       c10::InferenceMode guard;
-      std::vector<at::Tensor> inputs;
-      inputs.reserve(request.inputs.size());
-      for (const auto& in : request.inputs) inputs.push_back(ToTensor(in.tensor, device_));
-      auto out = Forward(request, inputs);
+      std::vector<at::Tensor> inputs = Inputs(request, device_);
+      if (!request.session_id.empty()) return SessionStep(request, inputs);
+      KVList past;
+      for (const auto& kv : request.past_key_values) {
+        past.emplace_back(Convert(ToTensor(kv.key, device_), request), Convert(ToTensor(kv.value, device_), request));
+      }
+      auto out = Forward(request, inputs, past, request.use_cache || !past.empty());
       if (!out.ok()) return out.status();
-      return Collect(*out, request, nullptr);
+      return Collect(*out, request, nullptr, true);
     } catch (const c10::Error& e) {
       return ModelError(e.what_without_backtrace());
     } catch (const std::exception& e) {
@@ -203,7 +290,260 @@ class TorchScriptModel final : public Model {
     }
   }
 
+  StatusOr<std::string> OpenSession(const std::string& wanted, const SessionConfig& limits) const override {
+    if (!takes_cache_) return FailedPrecondition("model '" + id_ + "' takes no past_key_values, so it has no sessions");
+    if (limits.max_sessions <= 0) return FailedPrecondition("sessions are disabled for model '" + id_ + "'");
+    ExpireSessions(limits);
+    if (static_cast<int>(sessions_.size()) >= limits.max_sessions) {
+      return ResourceExhausted("model '" + id_ + "' already has " + std::to_string(sessions_.size()) +
+                               " open sessions (max_sessions " + std::to_string(limits.max_sessions) + ")");
+    }
+    std::string id = wanted;
+    if (id.empty()) {
+      id = "s-" + std::to_string(++session_serial_) + "-" + std::to_string(std::random_device{}() & 0xffffff);
+    } else if (sessions_.count(id)) {
+      return Status(StatusCode::kAlreadyExists, "session '" + id + "' is already open");
+    }
+    sessions_[id].last_used = SteadyClock::now();
+    session_count_ = static_cast<int64_t>(sessions_.size());
+    return id;
+  }
+
+  StatusOr<int64_t> CloseSession(const std::string& id) const override {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return NotFound("unknown or expired session '" + id + "'");
+    const int64_t bytes = it->second.bytes;
+    sessions_.erase(it);
+    UpdateSessionStats();
+    return bytes;
+  }
+
+  void Maintain(const SessionConfig& sessions, const TrainingConfig& training) const override {
+    ExpireSessions(sessions);
+    const auto now = SteadyClock::now();
+    for (auto it = graphs_.begin(); it != graphs_.end();) {
+      if (now - it->second.created > std::chrono::duration<double>(training.graph_ttl_s)) it = graphs_.erase(it);
+      else ++it;
+    }
+    UpdateGraphStats();
+  }
+
+  StatusOr<InferenceResult> Backward(const BackwardRequest& request) const override {
+    auto it = graphs_.find(request.forward_id);
+    if (it == graphs_.end()) {
+      return NotFound("unknown or expired forward_id '" + request.forward_id + "' for model '" + id_ + "'");
+    }
+    Graph graph = std::move(it->second);
+    graphs_.erase(it);
+    UpdateGraphStats();
+    try {
+      at::Tensor grad = ToTensor(request.grad_output, device_);
+      if (grad.sizes() != graph.output.sizes()) {
+        std::ostringstream os;
+        os << "grad_output shape " << grad.sizes() << " does not match the forward's output shape "
+           << graph.output.sizes();
+        return InvalidArgument(os.str());
+      }
+      grad = grad.to(graph.output.scalar_type());
+      torch::AutoGradMode enable(true);
+      graph.output.backward(grad);
+      InferenceResult result;
+      for (size_t i = 0; i < graph.inputs.size(); ++i) {
+        const at::Tensor& in = graph.inputs[i];
+        if (!in.requires_grad()) continue;
+        at::Tensor g = in.grad().defined() ? in.grad() : torch::zeros_like(in);
+        auto h = ToHost(g, std::nullopt, graph.input_dtypes[i]);
+        if (!h.ok()) return h.status();
+        result.outputs.push_back(NamedTensor{graph.names[i], std::move(*h)});
+      }
+      if (result.outputs.empty()) return FailedPrecondition("the forward had no floating input to differentiate");
+      Step(request);
+      result.forward_id = request.forward_id;
+      result.optimizer_steps = steps_.load();
+      return result;
+    } catch (const c10::Error& e) {
+      if (optimizer_) optimizer_->zero_grad();
+      return ModelError(e.what_without_backtrace());
+    }
+  }
+
+  Status SaveCheckpoint(const std::string& path) const override {
+    if (path.empty()) return FailedPrecondition("model '" + id_ + "' has no training.checkpoint_path");
+    if (!optimizer_) return FailedPrecondition("model '" + id_ + "' is not trained on the server");
+    try {
+      if (auto s = AtomicWrite(path, [&](const std::string& tmp) { module_.save(tmp); }); !s.ok()) return s;
+      if (auto s = AtomicWrite(path + ".optim", [&](const std::string& tmp) { torch::save(*optimizer_, tmp); }); !s.ok()) {
+        return s;
+      }
+    } catch (const c10::Error& e) {
+      return Internal("checkpoint of '" + id_ + "' failed: " + e.what_without_backtrace());
+    }
+    saved_steps_ = steps_.load();
+    return Status::Ok();
+  }
+
  private:
+  struct Session {
+    KVList kv;
+    int64_t bytes = 0;
+    SteadyClock::time_point last_used;
+  };
+  struct Graph {
+    std::vector<at::Tensor> inputs;
+    std::vector<std::string> names;
+    std::vector<DType> input_dtypes;
+    at::Tensor output;
+    int64_t bytes = 0;
+    SteadyClock::time_point created;
+  };
+
+  at::Tensor Convert(at::Tensor t, const InferenceRequest& r) const {
+    if (r.compute_dtype && at::isFloatingType(t.scalar_type())) t = t.to(ToScalarType(*r.compute_dtype));
+    return t;
+  }
+
+  std::vector<at::Tensor> Inputs(const InferenceRequest& r, const c10::Device& device) const {
+    std::vector<at::Tensor> inputs;
+    inputs.reserve(r.inputs.size());
+    for (const auto& in : r.inputs) inputs.push_back(Convert(ToTensor(in.tensor, device), r));
+    return inputs;
+  }
+
+  void UpdateSessionStats() const {
+    int64_t bytes = 0;
+    for (const auto& [id, s] : sessions_) bytes += s.bytes;
+    session_count_ = static_cast<int64_t>(sessions_.size());
+    session_bytes_ = bytes;
+  }
+
+  void UpdateGraphStats() const {
+    int64_t bytes = 0;
+    for (const auto& [id, g] : graphs_) bytes += g.bytes;
+    graph_count_ = static_cast<int64_t>(graphs_.size());
+    graph_bytes_ = bytes;
+  }
+
+  void ExpireSessions(const SessionConfig& limits) const {
+    const auto now = SteadyClock::now();
+    bool changed = false;
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (now - it->second.last_used > std::chrono::duration<double>(limits.idle_timeout_s)) {
+        it = sessions_.erase(it);
+        changed = true;
+      } else {
+        ++it;
+      }
+    }
+    if (changed) UpdateSessionStats();
+  }
+
+  StatusOr<InferenceResult> SessionStep(const InferenceRequest& request, const std::vector<at::Tensor>& inputs) const {
+    ExpireSessions(request.session_limits);
+    auto it = sessions_.find(request.session_id);
+    if (it == sessions_.end()) {
+      return NotFound("unknown or expired session '" + request.session_id + "' of model '" + id_ + "'");
+    }
+    Session& session = it->second;
+    auto out = Forward(request, inputs, session.kv, true);
+    if (!out.ok()) return out.status();
+    KVList present;
+    if (!ExtractCache(*out, &present)) return Internal("model '" + id_ + "' returned no cache for a session step");
+    const int64_t bytes = KVBytes(present);
+    const int64_t others = session_bytes_.load() - session.bytes;
+    if (others + bytes > request.session_limits.max_bytes) {
+      return ResourceExhausted("sessions of model '" + id_ + "' would hold " + std::to_string(others + bytes) +
+                               " bytes, over max_bytes " + std::to_string(request.session_limits.max_bytes));
+    }
+    auto result = Collect(*out, request, nullptr, false);
+    if (!result.ok()) return result;
+    session.kv = std::move(present);
+    session.bytes = bytes;
+    session.last_used = SteadyClock::now();
+    UpdateSessionStats();
+    result->session_id = request.session_id;
+    result->session_tokens = session.kv.empty() ? 0 : session.kv.front().first.size(2);
+    return result;
+  }
+
+  StatusOr<InferenceResult> TrainingForward(const InferenceRequest& request) const {
+    if (!request.training_config.enabled) return FailedPrecondition("training is not enabled for model '" + id_ + "'");
+    torch::AutoGradMode enable(true);
+    Graph graph;
+    // Own copies: the graph outlives the request's bytes.
+    for (const auto& in : request.inputs) {
+      at::Tensor t = Convert(ToTensor(in.tensor, device_), request).clone();
+      if (at::isFloatingType(t.scalar_type())) t.requires_grad_(true);
+      graph.bytes += static_cast<int64_t>(t.nbytes());
+      graph.inputs.push_back(t);
+      graph.names.push_back(in.name.empty() ? "grad_input" : "grad_" + in.name);
+      graph.input_dtypes.push_back(in.tensor.dtype);
+    }
+    auto out = Forward(request, graph.inputs, {}, false);
+    if (!out.ok()) return out.status();
+    std::vector<at::Tensor> flat;
+    if (!Flatten(*out, &flat) || flat.empty()) return Internal("model returned no tensor");
+    graph.output = flat.front();
+    if (!graph.output.requires_grad()) {
+      return FailedPrecondition("the output of model '" + id_ + "' does not depend on a trainable input or parameter");
+    }
+    graph.bytes += static_cast<int64_t>(graph.output.nbytes());
+    graph.created = SteadyClock::now();
+
+    InferenceResult result;
+    {
+      torch::NoGradGuard no_grad;
+      auto h = ToHost(graph.output.detach(), request.output_dtype, request.inputs.front().tensor.dtype);
+      if (!h.ok()) return h.status();
+      result.outputs.push_back(NamedTensor{"output", std::move(*h)});
+    }
+    result.forward_id = request.forward_id.empty() ? "f-" + std::to_string(++graph_serial_) : request.forward_id;
+    // Bounded by count, bytes and age: the oldest graphs go first.
+    graphs_.erase(result.forward_id);
+    const auto& t = request.training_config;
+    while (!graphs_.empty() && (static_cast<int>(graphs_.size()) >= t.max_graphs ||
+                                graph_bytes_.load() + graph.bytes > t.max_graph_bytes)) {
+      auto oldest = std::min_element(graphs_.begin(), graphs_.end(), [](const auto& a, const auto& b) {
+        return a.second.created < b.second.created;
+      });
+      graphs_.erase(oldest);
+      UpdateGraphStats();
+    }
+    graphs_.emplace(result.forward_id, std::move(graph));
+    UpdateGraphStats();
+    return result;
+  }
+
+  void Step(const BackwardRequest& request) const {
+    if (!optimizer_) return;
+    const int every = std::max(1, request.accumulation_steps);
+    if (++backwards_ % every != 0) return;  // keep accumulating
+    const double lr = request.learning_rate.value_or(request.training_config.learning_rate);
+    for (auto& group : optimizer_->param_groups()) group.options().set_lr(lr);
+    optimizer_->step();
+    optimizer_->zero_grad();
+    steps_.fetch_add(1);
+  }
+
+  static bool ExtractCache(const c10::IValue& out, KVList* kv) {
+    auto take = [&](const c10::IValue& v) {
+      for (const auto& item : v.toListRef()) {
+        const auto& e = item.toTupleRef().elements();
+        kv->emplace_back(e[0].toTensor(), e[1].toTensor());
+      }
+      return true;
+    };
+    if (out.isTuple()) {
+      for (const auto& e : out.toTupleRef().elements()) {
+        if (e.isList() && (e.toListRef().empty() || e.toListRef()[0].isTuple())) return take(e);
+      }
+    } else if (out.isGenericDict()) {
+      for (const auto& e : out.toGenericDict()) {
+        if (e.value().isList()) return take(e.value());
+      }
+    }
+    return false;
+  }
+
   // One forward over the concatenation of compatible requests, split back by rows.
   bool RunMerged(const std::vector<const InferenceRequest*>& batch, std::vector<StatusOr<InferenceResult>>* results) const {
     const InferenceRequest& head = *batch.front();
@@ -221,9 +561,9 @@ class TorchScriptModel final : public Model {
         parts.reserve(batch.size());
         for (const auto* r : batch) parts.push_back(ToTensor(r->inputs[i].tensor, at::kCPU));
         at::Tensor cat = torch::cat(parts, 0);
-        merged.push_back(device_.is_cpu() ? cat : cat.to(device_));
+        merged.push_back(Convert(device_.is_cpu() ? cat : cat.to(device_), head));
       }
-      auto out = Forward(head, merged);
+      auto out = Forward(head, merged, {}, false);
       if (!out.ok()) {
         for (size_t i = 0; i < batch.size(); ++i) results->push_back(out.status());
         return true;
@@ -239,7 +579,7 @@ class TorchScriptModel final : public Model {
         std::vector<at::Tensor> slice;
         for (const auto& t : flat) slice.push_back(t.narrow(0, offset, rows[i]));
         offset += rows[i];
-        results->push_back(Collect(*out, *batch[i], &slice));
+        results->push_back(Collect(*out, *batch[i], &slice, false));
       }
       return true;
     } catch (const c10::Error& e) {
@@ -251,7 +591,10 @@ class TorchScriptModel final : public Model {
     }
   }
 
-  StatusOr<c10::IValue> Forward(const InferenceRequest& request, const std::vector<at::Tensor>& inputs) const {
+  StatusOr<c10::IValue> Forward(const InferenceRequest& request, const std::vector<at::Tensor>& inputs,
+                                const KVList& past, bool use_cache) const {
+    auto& fn = module_.get_method("forward").function();
+    const auto& schema_args = fn.getSchema().arguments();
     std::vector<c10::IValue> stack;
     stack.reserve(args_.size() + 1);
     stack.emplace_back(module_._ivalue());
@@ -276,11 +619,9 @@ class TorchScriptModel final : public Model {
         continue;
       }
       if (arg.kind == ArgKind::kKVList) {
-        if (!request.past_key_values.empty() || !arg.optional) {
+        if (!past.empty() || !arg.optional || use_cache) {
           c10::impl::GenericList list(c10::TupleType::create({c10::TensorType::get(), c10::TensorType::get()}));
-          for (const auto& kv : request.past_key_values) {
-            list.push_back(c10::ivalue::Tuple::create(ToTensor(kv.key, device_), ToTensor(kv.value, device_)));
-          }
+          for (const auto& [k, v] : past) list.push_back(c10::ivalue::Tuple::create(k, v));
           stack.emplace_back(std::move(list));
         } else {
           stack.emplace_back(c10::IValue());
@@ -288,10 +629,10 @@ class TorchScriptModel final : public Model {
         continue;
       }
       if (arg.kind == ArgKind::kBool && arg.name == "use_cache") {
-        stack.emplace_back(request.use_cache);
+        stack.emplace_back(use_cache);
         continue;
       }
-      const auto& schema_arg = module_.get_method("forward").function().getSchema().arguments()[stack.size()];
+      const auto& schema_arg = schema_args[stack.size()];
       if (schema_arg.default_value()) {
         stack.push_back(*schema_arg.default_value());
       } else if (arg.optional) {
@@ -307,11 +648,7 @@ class TorchScriptModel final : public Model {
                                          : "forward() of model '" + id_ + "' has no argument '" + n + "'");
       }
     }
-    if (!request.past_key_values.empty() &&
-        std::none_of(args_.begin(), args_.end(), [](const ArgInfo& a) { return a.kind == ArgKind::kKVList; })) {
-      return InvalidArgument("model '" + id_ + "' takes no past_key_values");
-    }
-    auto& fn = module_.get_method("forward").function();
+    if (!past.empty() && !takes_cache_) return InvalidArgument("model '" + id_ + "' takes no past_key_values");
     fn.run(stack);
     return stack.front();
   }
@@ -357,9 +694,10 @@ class TorchScriptModel final : public Model {
   }
 
   // Turns the forward's output into named host tensors. `slices` replaces the output's
-  // tensors (in Flatten order) for one request of a merged batch.
+  // tensors (in Flatten order) for one request of a merged batch; `with_cache` copies a
+  // returned cache out as present_key_values.
   StatusOr<InferenceResult> Collect(const c10::IValue& out, const InferenceRequest& request,
-                                    const std::vector<at::Tensor>* slices) const {
+                                    const std::vector<at::Tensor>* slices, bool with_cache) const {
     const DType request_dtype = request.inputs.empty() ? DType::kFloat32 : request.inputs.front().tensor.dtype;
     InferenceResult result;
     size_t next_slice = 0;
@@ -368,6 +706,9 @@ class TorchScriptModel final : public Model {
       if (!h.ok()) return h.status();
       result.outputs.push_back(NamedTensor{name, std::move(*h)});
       return Status::Ok();
+    };
+    auto add_cache = [&](const c10::IValue& v) -> Status {
+      return with_cache ? AppendKV(v, request_dtype, &result) : Status::Ok();
     };
     if (out.isTensor()) {
       if (auto s = add("output", out.toTensor()); !s.ok()) return s;
@@ -383,7 +724,7 @@ class TorchScriptModel final : public Model {
         if (e.isTensor()) {
           if (auto s = add("output_" + std::to_string(i), e.toTensor()); !s.ok()) return s;
         } else if (e.isList() && (e.toListRef().empty() || e.toListRef()[0].isTuple())) {
-          if (auto s = AppendKV(e, request_dtype, &result); !s.ok()) return s;
+          if (auto s = add_cache(e); !s.ok()) return s;
         } else if (!e.isNone()) {
           return Internal("model output " + std::to_string(i) + " is neither a tensor nor a cache");
         }
@@ -394,7 +735,7 @@ class TorchScriptModel final : public Model {
         if (kv.value().isTensor()) {
           if (auto s = add(name, kv.value().toTensor()); !s.ok()) return s;
         } else if (kv.value().isList()) {
-          if (auto s = AppendKV(kv.value(), request_dtype, &result); !s.ok()) return s;
+          if (auto s = add_cache(kv.value()); !s.ok()) return s;
         }
       }
     } else {
@@ -407,11 +748,22 @@ class TorchScriptModel final : public Model {
   const std::string id_;
   const std::string device_name_;
   const c10::Device device_;
-  // Method calls on a Module are not const in libtorch's API; Run() is only ever
-  // called from one thread (the device worker), see model.h.
+  // Everything mutable below is touched only by the device worker thread (Run,
+  // Backward, session calls; see model.h), except the atomics read by Stats().
   mutable torch::jit::Module module_;
   std::vector<ArgInfo> args_;
+  bool takes_cache_ = false;
   int64_t parameter_bytes_ = 0;
+  const TrainingConfig training_;
+  std::vector<at::Tensor> params_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+
+  mutable std::map<std::string, Session> sessions_;
+  mutable std::map<std::string, Graph> graphs_;
+  mutable uint64_t session_serial_ = 0, graph_serial_ = 0;
+  mutable int64_t backwards_ = 0;
+  mutable int64_t saved_steps_ = 0;
+  mutable std::atomic<int64_t> session_count_{0}, session_bytes_{0}, graph_count_{0}, graph_bytes_{0}, steps_{0};
 };
 
 StatusOr<c10::Device> ParseDevice(const std::string& name) {
@@ -452,15 +804,23 @@ class TorchScriptLoader final : public ModelLoader {
       }
     }
     std::shared_ptr<TorchScriptModel> model;
+    // A trained model resumes from its checkpoint, so nothing learnt is lost.
+    const std::string& ckpt = config.training.checkpoint_path;
+    const bool resume = config.training.enabled && !ckpt.empty() && ::access(ckpt.c_str(), R_OK) == 0;
+    const std::string& file = resume ? ckpt : config.path;
     try {
-      torch::jit::Module module = torch::jit::load(config.path, *device);
+      torch::jit::Module module = torch::jit::load(file, *device);
       module.eval();
-      if (!module.find_method("forward")) return InvalidArgument(config.path + " has no forward() method");
+      if (!module.find_method("forward")) return InvalidArgument(file + " has no forward() method");
       model = std::make_shared<TorchScriptModel>(config, std::move(module), *device);
+      if (resume) {
+        model->RestoreOptimizer(ckpt + ".optim");
+        spdlog::info("model '{}' resumes from checkpoint {}", config.id, ckpt);
+      }
     } catch (const c10::Error& e) {
-      return InvalidArgument("cannot load TorchScript file " + config.path + ": " + e.what_without_backtrace());
+      return InvalidArgument("cannot load TorchScript file " + file + ": " + e.what_without_backtrace());
     } catch (const std::exception& e) {
-      return InvalidArgument("cannot load TorchScript file " + config.path + ": " + e.what());
+      return InvalidArgument("cannot load TorchScript file " + file + ": " + e.what());
     }
     if (!config.warmup.inputs.empty()) {
       InferenceRequest warm;
