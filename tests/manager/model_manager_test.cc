@@ -116,7 +116,7 @@ TEST_CASE("models load on the loader thread and become READY with timestamps") {
   CHECK(manager.Lookup("nope").status().code() == StatusCode::kNotFound);
 }
 
-TEST_CASE("reload: added, changed, in-place, unchanged and removed models") {
+TEST_CASE("reload: added / changed / in place / unchanged / removed models") {
   auto loader = std::make_shared<FakeLoader>();
   FakeBehaviour add10;
   add10.add = 10;
@@ -161,7 +161,7 @@ TEST_CASE("reload: added, changed, in-place, unchanged and removed models") {
   CHECK(loader->loads() == loads_after);
 }
 
-TEST_CASE("a failed load keeps the old version serving; a new model that fails is FAILED") {
+TEST_CASE("a failed load keeps the old version serving and a new model that fails is FAILED") {
   auto loader = std::make_shared<FakeLoader>();
   FakeBehaviour broken;
   broken.fail_load = true;
@@ -193,7 +193,7 @@ TEST_CASE("a failed load keeps the old version serving; a new model that fails i
   CHECK(StatusOfModel(manager, "n").state == ModelState::kReady);
 }
 
-TEST_CASE("a model file rewritten in place is a change; a touch with the same bytes is not") {
+TEST_CASE("a model file rewritten in place is a change and a touch with the same bytes is not") {
   TempDir dir;
   const std::string path = dir.Write("m.pt", "version one");
   auto loader = std::make_shared<FakeLoader>();
@@ -245,7 +245,7 @@ TEST_CASE("without a digest hook any new fingerprint reloads") {
   CHECK(StatusOfModel(manager, "m").version > v1);
 }
 
-TEST_CASE("a swap under load from 8 threads fails no request; answers switch to the new version") {
+TEST_CASE("a swap under load from 8 threads fails no request and answers switch to the new version") {
   const int live_before = FakeModel::live();
   auto loader = std::make_shared<FakeLoader>();
   FakeBehaviour v2;
@@ -288,7 +288,7 @@ TEST_CASE("a swap under load from 8 threads fails no request; answers switch to 
   CHECK(FakeModel::live() == live_before + 1);
 }
 
-TEST_CASE("unload while 8 threads hammer: in-flight finish, later NOT_FOUND, memory released") {
+TEST_CASE("unload while 8 threads hammer: in-flight finish / later NOT_FOUND / memory released") {
   const int live_before = FakeModel::live();
   auto loader = std::make_shared<FakeLoader>();
   FakeBehaviour slowish;
@@ -370,7 +370,7 @@ TEST_CASE("an unloaded config model stays unloaded on reload until its config ch
   CHECK(Infer(manager, "a", 0.0f).value() == 1.0f);
 }
 
-TEST_CASE("models loaded by path: id clashes refused, left alone by reloads, gone when unloaded") {
+TEST_CASE("models loaded by path: id clashes refused / left alone by reloads / gone when unloaded") {
   auto loader = std::make_shared<FakeLoader>();
   ModelManager manager(loader);
   const Config config = MakeConfig({MakeModel("a")});
@@ -419,7 +419,7 @@ TEST_CASE("max_models refuses a load with a clear error") {
   CHECK(devices[0].max_models == 2);
 }
 
-TEST_CASE("a memory budget refuses, or evicts the least recently used model") {
+TEST_CASE("a memory budget refuses or evicts the least recently used model") {
   auto loader = std::make_shared<FakeLoader>();
   FakeBehaviour big;
   big.parameter_bytes = 600;
@@ -473,7 +473,7 @@ TEST_CASE("a memory budget refuses, or evicts the least recently used model") {
   }
 }
 
-TEST_CASE("state changes reach the hook; last use is stamped by Lookup") {
+TEST_CASE("state changes reach the hook and last use is stamped by Lookup") {
   auto loader = std::make_shared<FakeLoader>();
   std::vector<std::string> seen;
   std::mutex mu;
