@@ -10,8 +10,9 @@ process with SIGTERM.
                        2. greedy generation: legacy cache, session, Generate stream
                        4. ComputeBackward's input gradient == autograd
                        5. float16 / bfloat16 / int64 round trips
-  SplitTrainingTest    3. 20 steps of split training == whole-model training, then a
-                          restart from the checkpoint continues the curve
+  SplitTrainingTest    3. 20 steps of split training == whole-model training (SGD), then
+                          a restart from the checkpoint continues the curve; also Adam
+                          and gradient accumulation against the whole model
   SessionLimitsTest    6. session count, byte budget and idle expiry
 """
 import copy
