@@ -157,6 +157,8 @@ ReloadReport ConfigReloader::Run(const std::string& trigger) {
     r.message = "invalid config, nothing changed: " + next.status().message();
     spdlog::error("reload refused, still serving the previous config: {}", next.status().message());
     if (notify) notifier_->Ready("reload failed: " + next.status().message() + "; " + Summary(*manager_));
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (on_applied_) on_applied_(previous, previous, r);
   } else {
     Config config = std::move(next.value());
     if (!options_.listen_override.empty()) config.server.listen = options_.listen_override;

@@ -46,7 +46,8 @@ class ConfigReloader {
     std::string listen_override;  // --listen: server.listen in the file is not used
     std::chrono::milliseconds load_wait{std::chrono::minutes(10)};
   };
-  // Called on the reloader thread after a valid file was applied.
+  // Called on the reloader thread after every reload. For a refused (invalid) file
+  // `next` is the config still in force, and report.config_valid is false.
   using AppliedHook = std::function<void(const Config& previous, const Config& next, const ReloadReport&)>;
 
   // `initial` is the config the daemon started with (already applied).

@@ -516,7 +516,11 @@ void ModelManager::PublishLocked() {
   routing_ = std::move(routing);
 }
 
-StatusOr<std::shared_ptr<const Route>> ModelManager::Lookup(const std::string& id) const {
+StatusOr<std::shared_ptr<const Route>> ModelManager::Lookup(const std::string& id) const { return Find(id, true); }
+
+StatusOr<std::shared_ptr<const Route>> ModelManager::Peek(const std::string& id) const { return Find(id, false); }
+
+StatusOr<std::shared_ptr<const Route>> ModelManager::Find(const std::string& id, bool mark_used) const {
   std::shared_ptr<const Routing> routing;
   {
     std::lock_guard<std::mutex> lock(routing_mu_);
@@ -528,6 +532,7 @@ StatusOr<std::shared_ptr<const Route>> ModelManager::Lookup(const std::string& i
   }
   auto it = routing->routes.find(key);
   if (it != routing->routes.end()) {
+    if (!mark_used) return it->second;
     // Stamp the use; skip the store when a recent one is there (less cache traffic).
     const int64_t now = NowNs();
     auto& last = *it->second->last_used_ns;

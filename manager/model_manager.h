@@ -162,8 +162,11 @@ class ModelManager {
   bool WaitForModel(const std::string& id, std::chrono::milliseconds timeout) const;
 
   // The route for `id` (empty: the default model). NOT_FOUND for an unknown or
-  // unloaded id, UNAVAILABLE while it loads or after its load failed.
+  // unloaded id, UNAVAILABLE while it loads or after its load failed. For requests:
+  // it marks the model used (least-recently-used eviction and status go by it).
   StatusOr<std::shared_ptr<const Route>> Lookup(const std::string& id) const;
+  // The same without marking the model used: for status, metrics and housekeeping.
+  StatusOr<std::shared_ptr<const Route>> Peek(const std::string& id) const;
 
   std::vector<ModelStatus> ListModels() const;
   std::optional<ModelStatus> GetModel(const std::string& id) const;
@@ -203,6 +206,7 @@ class ModelManager {
   ModelHandle WrapHandle(std::shared_ptr<Model> model, const std::string& id, uint64_t version);
   void SetState(Entry& e, ModelState s, std::string error = "", StatusCode code = StatusCode::kUnknown);
   ModelStatus StatusOf(const Entry& e) const;
+  StatusOr<std::shared_ptr<const Route>> Find(const std::string& id, bool mark_used) const;
 
   std::shared_ptr<ModelLoader> loader_;
   Hooks hooks_;

@@ -473,7 +473,7 @@ TEST_CASE("a memory budget refuses or evicts the least recently used model") {
   }
 }
 
-TEST_CASE("state changes reach the hook and last use is stamped by Lookup") {
+TEST_CASE("state changes reach the hook and last use is stamped by Lookup but not by Peek") {
   auto loader = std::make_shared<FakeLoader>();
   std::vector<std::string> seen;
   std::mutex mu;
@@ -487,6 +487,8 @@ TEST_CASE("state changes reach the hook and last use is stamped by Lookup") {
   REQUIRE(manager.WaitIdle(10s));
   const auto before = StatusOfModel(manager, "a").last_used;
   std::this_thread::sleep_for(5ms);
+  REQUIRE(manager.Peek("a").ok());
+  CHECK(StatusOfModel(manager, "a").last_used == before);  // Peek is not a use
   REQUIRE(manager.Lookup("a").ok());
   CHECK(StatusOfModel(manager, "a").last_used > before);
   manager.Apply(MakeConfig({MakeModel("b")}));
