@@ -220,7 +220,9 @@ class Parser {
         if (v["enabled"]) t.enabled = Bool(v["enabled"], key + ".enabled");
         if (v["optimizer"]) {
           t.optimizer = String(v["optimizer"], key + ".optimizer");
-          if (t.optimizer != "sgd" && t.optimizer != "adam") Fail(v["optimizer"], key + ".optimizer", "must be sgd or adam");
+          if (t.optimizer != "sgd" && t.optimizer != "adam" && t.optimizer != "none") {
+            Fail(v["optimizer"], key + ".optimizer", "must be sgd, adam or none (gradients only, no updates)");
+          }
         }
         if (v["learning_rate"]) t.learning_rate = Double(v["learning_rate"], key + ".learning_rate");
         if (v["momentum"]) t.momentum = Double(v["momentum"], key + ".momentum");

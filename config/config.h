@@ -67,7 +67,7 @@ struct SessionConfig {
 // Training through ComputeBackward.
 struct TrainingConfig {
   bool enabled = false;
-  std::string optimizer = "sgd";  // sgd or adam
+  std::string optimizer = "sgd";  // sgd, adam, or none (input gradients only)
   double learning_rate = 1e-4;
   double momentum = 0;            // sgd only
   std::string checkpoint_path;    // empty: no checkpoints; relative: to model_root
