@@ -1,5 +1,6 @@
 #include "daemon/codec.h"
 
+#include <algorithm>
 #include <limits>
 
 namespace splitlearnd {
@@ -121,6 +122,9 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     }
     if (kv.key.shape.size() != 4 || kv.value.shape.size() != 4) {
       return InvalidArgument(what + ": key and value must be [batch, heads, seq_len, head_dim]");
+    }
+    if (!std::equal(kv.key.shape.begin(), kv.key.shape.begin() + 3, kv.value.shape.begin())) {
+      return InvalidArgument(what + ": key and value disagree on batch, heads or seq_len");
     }
     if (!r.past_key_values.empty() && (kv.key.shape != r.past_key_values.front().key.shape ||
                                        kv.value.shape != r.past_key_values.front().value.shape)) {

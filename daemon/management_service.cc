@@ -75,6 +75,24 @@ std::chrono::steady_clock::time_point WaitUntil(const grpc::ServerContext* ctx, 
 
 }  // namespace
 
+StatusOr<ModelConfig> ModelForLoadPath(const Config& config, const pb::LoadModelRequest& req) {
+  auto real = ResolveInsideRoot(config.model_root, req.path());
+  if (!real.ok()) return real.status();
+  ModelConfig model;
+  model.id = req.id().empty() ? std::filesystem::path(req.path()).stem().string() : req.id();
+  if (!ValidId(model.id)) {
+    return InvalidArgument("model id '" + model.id + "' may contain only letters, digits, '-', '_' and '.'");
+  }
+  model.path = *real;
+  model.device = req.device().empty() ? "cpu" : req.device();
+  std::string why;
+  if (!IsValidDeviceName(model.device, &why)) return InvalidArgument(why);
+  if (config.FindModel(model.id)) {
+    return Status(StatusCode::kAlreadyExists, "the config already has a model '" + model.id + "'; pick another id");
+  }
+  return model;
+}
+
 ManagementServiceImpl::ManagementServiceImpl(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info)
     : manager_(manager), reloader_(reloader), info_(std::move(info)) {}
 
@@ -149,24 +167,12 @@ grpc::Status ManagementServiceImpl::LoadModel(grpc::ServerContext* ctx, const pb
     model = *m;
     from_config = true;
   } else {
-    auto real = ResolveInsideRoot(config.model_root, req->path());
-    if (!real.ok()) {
-      spdlog::warn("LoadModel refused '{}': {}", req->path(), real.status().message());
-      return Grpc(real.status());
+    auto checked = ModelForLoadPath(config, *req);
+    if (!checked.ok()) {
+      spdlog::warn("LoadModel refused '{}': {}", req->path(), checked.status().message());
+      return Grpc(checked.status());
     }
-    model.id = req->id().empty() ? std::filesystem::path(req->path()).stem().string() : req->id();
-    if (!ValidId(model.id)) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "model id '" + model.id + "' may contain only letters, digits, '-', '_' and '.'");
-    }
-    model.path = *real;
-    model.device = req->device().empty() ? "cpu" : req->device();
-    std::string why;
-    if (!IsValidDeviceName(model.device, &why)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why);
-    if (config.FindModel(model.id)) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          "the config already has a model '" + model.id + "'; pick another id");
-    }
+    model = std::move(*checked);
   }
   const ModelStatus before = manager_->GetModel(model.id).value_or(ModelStatus{});
   if (auto s = manager_->Load(model, from_config); !s.ok()) return Grpc(s);

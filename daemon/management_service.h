@@ -31,6 +31,10 @@ struct DaemonInfo {
   std::function<bool()> watching_config;
 };
 
+// LoadModel with a path: checks the request (path inside model_root, id, device) and
+// returns the model to load. Touches nothing but the file system; fuzzed directly.
+StatusOr<ModelConfig> ModelForLoadPath(const Config& config, const splitlearn::manage::LoadModelRequest& req);
+
 class ManagementServiceImpl final : public splitlearn::manage::ManagementService::Service {
  public:
   ManagementServiceImpl(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info);
