@@ -21,6 +21,16 @@ SteadyClock::time_point SteadyDeadline(const grpc::CallbackServerContext* ctx) {
 
 double Ms(SteadyClock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
+// Request ids for log lines: a daemon-wide serial ("s17"), plus the client's own
+// legacy request_id where it sent one. Per-request lines are debug level only.
+std::atomic<uint64_t> next_request_serial{1};
+
+std::string RequestTag(uint64_t serial, const std::optional<int32_t>& client_id) {
+  std::string tag = "request s" + std::to_string(serial);
+  if (client_id) tag += " (client id " + std::to_string(*client_id) + ")";
+  return tag;
+}
+
 }  // namespace
 
 // A unary call served on a device worker: lives from the handler until gRPC's OnDone.
@@ -31,7 +41,12 @@ class DeviceCall final : public grpc::ServerUnaryReactor {
   using FinishFn = std::function<Status(const InferenceResult&, const JobTiming&)>;
 
   DeviceCall(ComputeServiceImpl* service, grpc::CallbackServerContext* ctx)
-      : service_(service), ctx_(ctx), cancelled_(std::make_shared<std::atomic<bool>>(false)) {}
+      : service_(service),
+        ctx_(ctx),
+        cancelled_(std::make_shared<std::atomic<bool>>(false)),
+        serial_(next_request_serial.fetch_add(1, std::memory_order_relaxed)) {}
+
+  void set_client_request_id(int32_t id) { client_request_id_ = id; }
 
   // False (and the call already finished) when the daemon is draining.
   bool Enter() {
@@ -43,6 +58,11 @@ class DeviceCall final : public grpc::ServerUnaryReactor {
 
   // Looks the model up; on failure the call is finished and null returned.
   std::shared_ptr<const splitlearnd::Route> Lookup(const std::string& model_id) {
+    if (model_id.size() > service_->limits_.max_id_bytes) {
+      Done(InvalidArgument("model_id is longer than " + std::to_string(service_->limits_.max_id_bytes) + " bytes"),
+           nullptr);
+      return nullptr;
+    }
     auto route = service_->manager_->Lookup(model_id);
     if (!route.ok()) {
       Done(route.status(), nullptr);
@@ -71,9 +91,14 @@ class DeviceCall final : public grpc::ServerUnaryReactor {
 
   void Done(const Status& status, const JobTiming* timing) {
     service_->total_requests_.fetch_add(1, std::memory_order_relaxed);
-    if (!status.ok()) {
-      service_->failed_requests_.fetch_add(1, std::memory_order_relaxed);
-      SPDLOG_DEBUG("model={} failed: {}", model_id_, status.ToString());
+    if (!status.ok()) service_->failed_requests_.fetch_add(1, std::memory_order_relaxed);
+    if (spdlog::should_log(spdlog::level::debug)) {
+      spdlog::debug("{} model={}: {}{}", RequestTag(serial_, client_request_id_), model_id_.empty() ? "-" : model_id_,
+                    status.ToString(),
+                    timing ? fmt::format(" (queue {:.3f} ms, compute {:.3f} ms, batch of {})",
+                                         Ms(timing->started - timing->enqueued), Ms(timing->finished - timing->started),
+                                         timing->batch_size)
+                           : "");
     }
     if (service_->observer_) service_->observer_->OnRequestDone(model_id_, status.code(), timing);
     Finish(ToGrpc(status));
@@ -101,6 +126,8 @@ class DeviceCall final : public grpc::ServerUnaryReactor {
   std::string model_id_;
   SteadyClock::time_point deadline_ = SteadyClock::time_point::max();
   bool gated_ = true;
+  const uint64_t serial_;
+  std::optional<int32_t> client_request_id_;
 };
 
 namespace {
@@ -144,6 +171,7 @@ double ComputeServiceImpl::UptimeSeconds() const {
 grpc::ServerUnaryReactor* ComputeServiceImpl::Compute(grpc::CallbackServerContext* ctx, const pb::ComputeRequest* req,
                                                       pb::ComputeResponse* resp) {
   auto* call = new DeviceCall(this, ctx);
+  if (req->has_request_id()) call->set_client_request_id(req->request_id());
   if (!call->Enter()) return call;
   auto route = call->Lookup(req->model_id());
   if (!route) return call;
@@ -276,7 +304,10 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::SaveCheckpoint(grpc::CallbackServe
 class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb::ComputeResponse> {
  public:
   GenerateCall(ComputeServiceImpl* service, grpc::CallbackServerContext* ctx)
-      : service_(service), ctx_(ctx), cancelled_(std::make_shared<std::atomic<bool>>(false)) {
+      : service_(service),
+        ctx_(ctx),
+        cancelled_(std::make_shared<std::atomic<bool>>(false)),
+        serial_(next_request_serial.fetch_add(1, std::memory_order_relaxed)) {
     if (!service_->gate_.TryEnter()) {
       gated_ = false;
       Finish(ToGrpc(Unavailable("splitlearnd is draining and takes no new requests")));
@@ -288,6 +319,7 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
   void OnReadDone(bool ok) override {
     if (!ok) return End(Status::Ok());  // the client finished the generation
     if (!route_) {
+      if (req_.model_id().size() > service_->limits_.max_id_bytes) return End(InvalidArgument("model_id is too long"));
       auto route = service_->manager_->Lookup(req_.model_id());
       if (!route.ok()) return End(route.status());
       route_ = std::move(route.value());
@@ -320,6 +352,12 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
     job->done = [this](StatusOr<InferenceResult> result, const JobTiming& timing) {
       service_->total_requests_.fetch_add(1, std::memory_order_relaxed);
       if (service_->observer_) service_->observer_->OnRequestDone(route_->config.id, result.status().code(), &timing);
+      ++steps_;
+      if (spdlog::should_log(spdlog::level::debug)) {
+        spdlog::debug("{} model={} Generate step {}: {} (queue {:.3f} ms, compute {:.3f} ms)", RequestTag(serial_, {}),
+                      route_->config.id, steps_, result.status().ToString(), Ms(timing.started - timing.enqueued),
+                      Ms(timing.finished - timing.started));
+      }
       if (!result.ok()) return End(result.status());
       resp_.Clear();
       if (auto s = FillCompute(&req_, &resp_, *result, timing); !s.ok()) return End(s);
@@ -345,6 +383,10 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
  private:
   void End(const Status& status) {
     if (!status.ok()) service_->failed_requests_.fetch_add(1, std::memory_order_relaxed);
+    if (spdlog::should_log(spdlog::level::debug)) {
+      spdlog::debug("{} model={} Generate stream ends after {} step(s): {}", RequestTag(serial_, {}),
+                    route_ ? route_->config.id : "-", steps_, status.ToString());
+    }
     Finish(ToGrpc(status));
   }
 
@@ -370,6 +412,8 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
   pb::ComputeRequest req_;
   pb::ComputeResponse resp_;
   bool gated_ = true;
+  const uint64_t serial_;
+  int64_t steps_ = 0;
 };
 
 grpc::ServerBidiReactor<pb::ComputeRequest, pb::ComputeResponse>* ComputeServiceImpl::Generate(

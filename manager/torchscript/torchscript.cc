@@ -130,7 +130,7 @@ StatusOr<HostTensor> ToHost(at::Tensor t, std::optional<DType> asked, DType requ
 Status ModelError(const std::string& what) {
   std::string msg = what.size() > 2000 ? what.substr(0, 2000) + "..." : what;
   static const char* kShapeHints[] = {"shape", "size mismatch", "must match the size", "cannot be multiplied",
-                                      "dimension", "Expected", "expected", "out of range"};
+                                      "dimension", "Expected", "expected", "out of range", "dtype", "scalar type"};
   for (const char* hint : kShapeHints) {
     if (msg.find(hint) != std::string::npos && msg.find("Exception") == std::string::npos) {
       return InvalidArgument("model rejected the input: " + msg);
