@@ -426,7 +426,7 @@ void ComputeServiceImpl::MaintenanceLoop() {
   while (!maintenance_cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; })) {
     lock.unlock();
     for (const auto& m : manager_->ListModels()) {
-      auto route = manager_->Lookup(m.id);
+      auto route = manager_->Peek(m.id);
       if (!route.ok()) continue;
       const ModelStats stats = (*route)->model->Stats();
       if (stats.sessions == 0 && stats.training_graphs == 0) continue;
@@ -490,7 +490,7 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::GetServiceInfo(grpc::CallbackServe
     info["model." + m.id + ".version"] = std::to_string(m.version);
     info["model." + m.id + ".parameter_bytes"] = std::to_string(m.parameter_bytes);
     if (!m.last_error.empty()) info["model." + m.id + ".last_error"] = m.last_error;
-    if (auto route = manager_->Lookup(m.id); route.ok()) {
+    if (auto route = manager_->Peek(m.id); route.ok()) {
       const ModelStats s = (*route)->model->Stats();
       info["model." + m.id + ".sessions"] = std::to_string(s.sessions);
       info["model." + m.id + ".session_bytes"] = std::to_string(s.session_bytes);
