@@ -1,0 +1,335 @@
+// loadgen: a closed-loop load generator for the legacy ComputeService.
+//
+// It keeps exactly --concurrency Compute calls in flight for --warmup-s + --duration-s
+// seconds. Every call is started from gRPC's callback API (stub->async()->Compute), and
+// a finished call starts the next one from its completion callback, so no thread of
+// ours blocks or spins per request: the generator costs little CPU on a machine it
+// shares with the server under test. Only calls that finish inside the measured window
+// count; their latencies give the percentiles.
+//
+// --service-info prints GetServiceInfo's fields as key=value lines and exits (the
+// benchmark script reads model parameter bytes from it).
+#include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "compute.grpc.pb.h"
+
+namespace {
+
+namespace pb = splitlearn::comm;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string target = "127.0.0.1:50051";
+  std::string model;
+  std::string shape = "1x10x768";
+  int concurrency = 1;
+  double duration_s = 10;
+  double warmup_s = 2;
+  int64_t max_requests = 0;  // 0: no limit; else stop after this many measured calls
+  int64_t timeout_ms = 60000;
+  std::string csv;
+  std::string label;
+  bool service_info = false;
+  bool verify = true;
+};
+
+bool ParseShape(const std::string& text, std::vector<int32_t>* shape, int64_t* elements) {
+  shape->clear();
+  *elements = 1;
+  std::stringstream ss(text);
+  std::string part;
+  while (std::getline(ss, part, 'x')) {
+    try {
+      size_t used = 0;
+      const long v = std::stol(part, &used);
+      if (used != part.size() || v < 1 || v > (1L << 30)) return false;
+      shape->push_back(static_cast<int32_t>(v));
+      *elements *= v;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  return !shape->empty() && *elements <= (1LL << 30);
+}
+
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+class Runner;
+
+// One in-flight lane: a call, its context and response, restarted when it finishes.
+struct Lane {
+  Runner* runner = nullptr;
+  std::unique_ptr<grpc::ClientContext> ctx;
+  std::unique_ptr<grpc::ClientContext> previous;  // kept one call longer: its call may still unwind
+  pb::ComputeResponse response;
+  Clock::time_point started;
+  std::vector<int64_t> latencies_ns;  // measured calls only; one writer at a time
+  // Latency minus the compute time the server reports (compute_time_ms), when it does.
+  std::vector<int64_t> net_ns;
+  int64_t errors = 0;
+  int64_t bad_answers = 0;
+  std::string first_error;
+};
+
+class Runner {
+ public:
+  Runner(const Options& opt, pb::ComputeService::Stub* stub, pb::ComputeRequest request, int64_t expected_bytes)
+      : opt_(opt), stub_(stub), request_(std::move(request)), expected_bytes_(expected_bytes) {}
+
+  void Run() {
+    lanes_.resize(static_cast<size_t>(opt_.concurrency));
+    const auto now = Clock::now();
+    window_start_ = now + std::chrono::microseconds(static_cast<int64_t>(opt_.warmup_s * 1e6));
+    window_end_ = window_start_ + std::chrono::microseconds(static_cast<int64_t>(opt_.duration_s * 1e6));
+    active_ = opt_.concurrency;
+    for (auto& lane : lanes_) {
+      lane.runner = this;
+      lane.latencies_ns.reserve(4096);
+      Start(&lane);
+    }
+    // Every lane stops starting calls at window_end_; the last call can take at most
+    // the per-call deadline, so this wait is bounded.
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto limit = window_end_ + std::chrono::milliseconds(opt_.timeout_ms) + std::chrono::seconds(5);
+    if (!cv_.wait_until(lock, limit, [this] { return active_ == 0; })) {
+      std::fprintf(stderr, "loadgen: %d call(s) still in flight after the deadline; giving up\n", active_);
+      abandoned_ = true;
+    }
+  }
+
+  bool abandoned() const { return abandoned_; }
+  const std::vector<Lane>& lanes() const { return lanes_; }
+  Clock::time_point window_start() const { return window_start_; }
+  // End of the measured window: its planned end, or when --requests was reached.
+  Clock::time_point measured_end() const {
+    const Clock::rep early = measured_end_.load();
+    return early == 0 ? window_end_ : Clock::time_point(Clock::duration(early));
+  }
+
+ private:
+  void Start(Lane* lane) {
+    lane->previous = std::move(lane->ctx);
+    lane->ctx = std::make_unique<grpc::ClientContext>();
+    lane->ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(opt_.timeout_ms));
+    lane->response.Clear();
+    lane->started = Clock::now();
+    stub_->async()->Compute(lane->ctx.get(), &request_, &lane->response,
+                            [this, lane](grpc::Status status) { Finished(lane, std::move(status)); });
+  }
+
+  void Finished(Lane* lane, grpc::Status status) {
+    const auto end = Clock::now();
+    // A call counts when it finishes inside the window (after warmup the pipeline is
+    // full, so this is the steady-state completion rate).
+    const bool measured = end >= window_start_ && end <= window_end_ && !stop_.load(std::memory_order_relaxed);
+    if (measured) {
+      if (!status.ok()) {
+        ++lane->errors;
+        if (lane->first_error.empty()) {
+          lane->first_error = std::to_string(static_cast<int>(status.error_code())) + " " + status.error_message();
+        }
+      } else if (opt_.verify && static_cast<int64_t>(lane->response.data().size()) != expected_bytes_) {
+        ++lane->bad_answers;
+      } else {
+        const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end - lane->started).count();
+        lane->latencies_ns.push_back(ns);
+        if (lane->response.has_compute_time_ms()) {
+          lane->net_ns.push_back(ns - static_cast<int64_t>(static_cast<double>(lane->response.compute_time_ms()) * 1e6));
+        }
+      }
+    }
+    bool more = end < window_end_ && !stop_.load(std::memory_order_relaxed);
+    if (measured && opt_.max_requests > 0) {
+      const int64_t n = measured_count_.fetch_add(1, std::memory_order_relaxed) + 1;
+      if (n >= opt_.max_requests) {
+        if (!stop_.exchange(true)) measured_end_.store(end.time_since_epoch().count());
+        more = false;
+      }
+    }
+    if (more) {
+      Start(lane);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--active_ == 0) cv_.notify_all();
+  }
+
+  const Options& opt_;
+  pb::ComputeService::Stub* stub_;
+  const pb::ComputeRequest request_;
+  const int64_t expected_bytes_;
+  std::vector<Lane> lanes_;
+  Clock::time_point window_start_, window_end_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> measured_count_{0};
+  std::atomic<Clock::rep> measured_end_{0};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int active_ = 0;
+  bool abandoned_ = false;
+};
+
+int64_t Percentile(const std::vector<int64_t>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const double rank = p / 100.0 * static_cast<double>(sorted.size() - 1);
+  return sorted[static_cast<size_t>(rank + 0.5)];
+}
+
+int PrintServiceInfo(pb::ComputeService::Stub* stub, int64_t timeout_ms) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  pb::ServiceInfoRequest req;
+  pb::ServiceInfoResponse resp;
+  grpc::Status s = stub->GetServiceInfo(&ctx, req, &resp);
+  if (!s.ok()) {
+    std::fprintf(stderr, "loadgen: GetServiceInfo failed: %s\n", s.error_message().c_str());
+    return 1;
+  }
+  std::printf("service_name=%s\nversion=%s\ndevice=%s\ntotal_requests=%lld\n", resp.service_name().c_str(),
+              resp.version().c_str(), resp.device().c_str(), static_cast<long long>(resp.total_requests()));
+  std::vector<std::pair<std::string, std::string>> info(resp.custom_info().begin(), resp.custom_info().end());
+  std::sort(info.begin(), info.end());
+  for (const auto& [k, v] : info) std::printf("%s=%s\n", k.c_str(), v.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  CLI::App app{"loadgen: closed-loop load on ComputeService.Compute (legacy float32 requests)"};
+  app.add_option("--target", opt.target, "server address")->capture_default_str();
+  app.add_option("--model", opt.model, "model_id (empty: the server's default model)");
+  app.add_option("--shape", opt.shape, "input shape, e.g. 1x10x768")->capture_default_str();
+  app.add_option("-c,--concurrency", opt.concurrency, "calls kept in flight")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--duration-s", opt.duration_s, "measured seconds")->capture_default_str()->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--warmup-s", opt.warmup_s, "unmeasured seconds first")->capture_default_str()->check(CLI::Range(0.0, 600.0));
+  app.add_option("--requests", opt.max_requests, "stop after this many measured calls (0: run for --duration-s)")
+      ->capture_default_str();
+  app.add_option("--timeout-ms", opt.timeout_ms, "deadline of each call")->capture_default_str()->check(CLI::Range(1, 3600000));
+  app.add_option("--csv", opt.csv, "append one result row to this CSV file (header written when the file is new)");
+  app.add_option("--label", opt.label, "free text for the CSV row (e.g. server name)");
+  app.add_flag("--service-info", opt.service_info, "print GetServiceInfo as key=value lines and exit");
+  app.add_flag("!--no-verify", opt.verify, "do not check that each answer has as many bytes as the request");
+  CLI11_PARSE(app, argc, argv);
+
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(512 << 20);
+  args.SetMaxSendMessageSize(512 << 20);
+  auto channel = grpc::CreateCustomChannel(opt.target, grpc::InsecureChannelCredentials(), args);
+  auto stub = pb::ComputeService::NewStub(channel);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    std::fprintf(stderr, "loadgen: cannot connect to %s\n", opt.target.c_str());
+    return 1;
+  }
+  if (opt.service_info) return PrintServiceInfo(stub.get(), opt.timeout_ms);
+
+  std::vector<int32_t> shape;
+  int64_t elements = 0;
+  if (!ParseShape(opt.shape, &shape, &elements)) {
+    std::fprintf(stderr, "loadgen: bad --shape '%s'\n", opt.shape.c_str());
+    return 2;
+  }
+  // One request, built once and shared by every call (gRPC only reads it).
+  pb::ComputeRequest request;
+  request.set_model_id(opt.model);
+  for (int32_t d : shape) request.add_shape(d);
+  {
+    std::vector<float> values(static_cast<size_t>(elements));
+    std::mt19937 rng(42);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    for (auto& v : values) v = normal(rng);
+    request.set_data(values.data(), values.size() * sizeof(float));
+  }
+  const int64_t expected_bytes = elements * static_cast<int64_t>(sizeof(float));
+
+  const double cpu0 = CpuSeconds();
+  Runner runner(opt, stub.get(), std::move(request), expected_bytes);
+  runner.Run();
+  const double cpu = CpuSeconds() - cpu0;
+  if (runner.abandoned()) {
+    std::fflush(stdout);
+    std::_Exit(3);  // calls still reference the runner: leave without destroying it
+  }
+  const double window_s = std::max(1e-9, std::chrono::duration<double>(runner.measured_end() - runner.window_start()).count());
+
+  std::vector<int64_t> lat, net;
+  int64_t errors = 0, bad = 0;
+  std::string first_error;
+  for (const auto& lane : runner.lanes()) {
+    lat.insert(lat.end(), lane.latencies_ns.begin(), lane.latencies_ns.end());
+    net.insert(net.end(), lane.net_ns.begin(), lane.net_ns.end());
+    errors += lane.errors;
+    bad += lane.bad_answers;
+    if (first_error.empty()) first_error = lane.first_error;
+  }
+  std::sort(lat.begin(), lat.end());
+  std::sort(net.begin(), net.end());
+  // p50 of (latency - server-reported compute time); -1 when the server reports none.
+  const double net_p50 = net.empty() ? -1.0 : static_cast<double>(Percentile(net, 50)) / 1e3;
+  const int64_t ok = static_cast<int64_t>(lat.size());
+  double mean_us = 0;
+  for (int64_t v : lat) mean_us += static_cast<double>(v) / 1e3;
+  if (ok > 0) mean_us /= static_cast<double>(ok);
+  const double rps = static_cast<double>(ok) / window_s;
+  const double p50 = static_cast<double>(Percentile(lat, 50)) / 1e3, p90 = static_cast<double>(Percentile(lat, 90)) / 1e3,
+               p99 = static_cast<double>(Percentile(lat, 99)) / 1e3,
+               max = lat.empty() ? 0.0 : static_cast<double>(lat.back()) / 1e3;
+
+  std::printf("%s%s%s target=%s model=%s shape=%s concurrency=%d window=%.2fs\n", opt.label.c_str(),
+              opt.label.empty() ? "" : ": ", "loadgen", opt.target.c_str(), opt.model.empty() ? "(default)" : opt.model.c_str(),
+              opt.shape.c_str(), opt.concurrency, window_s);
+  std::printf("  requests/s %.1f   ok %lld   errors %lld   wrong-size answers %lld\n", rps, static_cast<long long>(ok),
+              static_cast<long long>(errors), static_cast<long long>(bad));
+  std::printf("  latency us: p50 %.0f  p90 %.0f  p99 %.0f  max %.0f  mean %.0f\n", p50, p90, p99, max, mean_us);
+  std::printf("  loadgen CPU %.2f s (%.1f us per request)\n", cpu, ok > 0 ? cpu * 1e6 / static_cast<double>(ok) : 0.0);
+  if (net_p50 >= 0) std::printf("  latency minus server-reported compute time: p50 %.0f us\n", net_p50);
+  if (!first_error.empty()) std::printf("  first error: %s\n", first_error.c_str());
+
+  if (!opt.csv.empty()) {
+    bool fresh = true;
+    {
+      std::ifstream probe(opt.csv);
+      fresh = !probe.good() || probe.peek() == std::ifstream::traits_type::eof();
+    }
+    std::ofstream out(opt.csv, std::ios::app);
+    if (!out) {
+      std::fprintf(stderr, "loadgen: cannot write %s\n", opt.csv.c_str());
+      return 1;
+    }
+    if (fresh) {
+      out << "label,model,shape,concurrency,window_s,ok,errors,bad,rps,p50_us,p90_us,p99_us,max_us,mean_us,"
+             "client_cpu_s,net_p50_us\n";
+    }
+    char row[512];
+    std::snprintf(row, sizeof row, "%s,%s,%s,%d,%.3f,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.1f,%.1f,%.3f,%.1f\n",
+                  opt.label.c_str(), opt.model.c_str(), opt.shape.c_str(), opt.concurrency, window_s,
+                  static_cast<long long>(ok), static_cast<long long>(errors), static_cast<long long>(bad), rps, p50, p90,
+                  p99, max, mean_us, cpu, net_p50);
+    out << row;
+  }
+  return (errors > 0 || bad > 0 || ok == 0) ? 4 : 0;
+}

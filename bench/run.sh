@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of splitlearnd against the in-process limit, the transport
+# limit (echo) and the Python reference server; writes docs/benchmarks.md and the
+# plots in docs/benchmarks/. See docs/benchmarks.md for what each number means.
+#
+#   bench/run.sh [BUILD_DIR]        # BUILD_DIR default: <repo>/build
+#   QUICK=1 bench/run.sh [BUILD_DIR]  # short points (~3 min), for a smoke test
+#
+# Environment: QUICK=1, WAIT_QUIET=N (wait up to N minutes for load average < 1
+# before starting), DURATION_S / WARMUP_S (seconds per load point),
+# MEM_REQUESTS (requests between the two RSS readings), WORK (scratch folder; default
+# a fresh mktemp folder), OUT_DOC (default <repo>/docs/benchmarks.md).
+#
+# Every server runs on 127.0.0.1 on a free port, is started by this script and
+# stopped by its own PID; every wait and every load point is bounded in time.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${1:-${BUILD_DIR:-$REPO/build}}"
+BUILD="$(cd "$BUILD" && pwd)"
+QUICK="${QUICK:-0}"
+if [[ "$QUICK" == 1 ]]; then
+  DURATION_S="${DURATION_S:-3}"; WARMUP_S="${WARMUP_S:-1}"; MEM_REQUESTS="${MEM_REQUESTS:-10000}"
+  INPROC_S="${INPROC_S:-1.5}"; CONC_TINY="1 8"; CONC_TRUNK="1 8"
+else
+  DURATION_S="${DURATION_S:-10}"; WARMUP_S="${WARMUP_S:-2}"; MEM_REQUESTS="${MEM_REQUESTS:-100000}"
+  INPROC_S="${INPROC_S:-4}"; CONC_TINY="1 2 4 8 16"; CONC_TRUNK="1 2 4 8"
+fi
+WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/splitlearnd-bench.XXXXXX")}"
+mkdir -p "$WORK"
+OUT_DOC="${OUT_DOC:-$REPO/docs/benchmarks.md}"
+PLOTS="$(dirname "$OUT_DOC")/benchmarks"
+PY=/usr/bin/python3
+NPROC="$(nproc)"
+
+SPLITLEARND="$BUILD/daemon/splitlearnd"
+CTL="$BUILD/client/splitlearnctl"
+LOADGEN="$BUILD/bench/loadgen"
+ECHO_BIN="$BUILD/bench/echo"
+INPROC="$BUILD/bench/inprocess"
+STUBS="$BUILD/python"
+for f in "$SPLITLEARND" "$CTL" "$LOADGEN" "$ECHO_BIN" "$INPROC" "$STUBS/compute_pb2.py" "$STUBS/compute_pb2_grpc.py"; do
+  [[ -e "$f" ]] || { echo "run.sh: missing $f (build first: cmake --build $BUILD)" >&2; exit 1; }
+done
+
+LOADGEN_CSV="$WORK/loadgen.csv"; INPROC_CSV="$WORK/inprocess.csv"
+SERVER_CSV="$WORK/server.csv"; MEM_CSV="$WORK/memory.csv"; CMDS="$WORK/commands.txt"
+rm -f "$LOADGEN_CSV" "$INPROC_CSV" "$SERVER_CSV" "$MEM_CSV" "$CMDS"
+echo "label,model,shape,concurrency,server_cpu_s,rss_kb,loadavg_before,loadavg_after,jobs_run,batches_run" >"$SERVER_CSV"
+echo "stage,rss_kb,requests_total" >"$MEM_CSV"
+CLK_TCK="$(getconf CLK_TCK)"
+T_START=$(date +%s)
+
+log() { printf '[%4ds] %s\n' "$(( $(date +%s) - T_START ))" "$*"; }
+# Records a command for the report, with this machine's folders shown as variables.
+record() {
+  local line="$*"
+  line="${line//$WORK/\$WORK}"; line="${line//$BUILD/\$BUILD}"; line="${line//$REPO/.}"
+  echo "$line" >>"$CMDS"
+}
+
+# ------------------------------------------------------------------ servers
+SERVER_PID=""; SERVER_ADDR=""; SERVER_LABEL=""
+ALL_PIDS=()
+
+stop_pid() {  # stop one process we started, by its PID; bounded
+  local pid="$1"
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "run.sh: PID $pid ignored SIGTERM for 20 s; sending SIGKILL" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local pid
+  for pid in "${ALL_PIDS[@]}"; do stop_pid "$pid"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for LOGFILE PATTERN SECONDS: waits until the log has a line matching PATTERN.
+wait_for() {
+  local logf="$1" pat="$2" secs="$3" i
+  for i in $(seq 1 $(( secs * 10 ))); do
+    grep -qE "$pat" "$logf" 2>/dev/null && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "run.sh: server exited; log:" >&2; tail -20 "$logf" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "run.sh: timed out waiting for '$pat' in $logf" >&2; tail -20 "$logf" >&2; return 1
+}
+
+start_server() {  # start_server LABEL COMMAND...; sets SERVER_PID / SERVER_ADDR
+  SERVER_LABEL="$1"; shift
+  local logf="$WORK/$SERVER_LABEL.log"
+  record "$*  &"
+  "$@" >"$logf" 2>&1 &
+  SERVER_PID=$!
+  ALL_PIDS+=("$SERVER_PID")
+  case "$SERVER_LABEL" in
+    splitlearnd*) wait_for "$logf" "ready:" 180
+                  SERVER_ADDR="$(grep -oE 'listening on 127\.0\.0\.1:[0-9]+' "$logf" | head -1 | awk '{print $3}')" ;;
+    *)            wait_for "$logf" "^listening on " 120
+                  SERVER_ADDR="$(grep -oE '^listening on 127\.0\.0\.1:[0-9]+' "$logf" | head -1 | awk '{print $3}')" ;;
+  esac
+  [[ -n "$SERVER_ADDR" ]] || { echo "run.sh: no address in $logf" >&2; exit 1; }
+  log "$SERVER_LABEL up at $SERVER_ADDR (PID $SERVER_PID, RSS $(rss_kb) kB)"
+}
+
+stop_server() {
+  stop_pid "$SERVER_PID"
+  local keep=() p
+  for p in "${ALL_PIDS[@]}"; do [[ "$p" == "$SERVER_PID" ]] || keep+=("$p"); done
+  ALL_PIDS=("${keep[@]+"${keep[@]}"}")
+  log "$SERVER_LABEL stopped"
+  SERVER_PID=""
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status"; }
+cpu_s() {  # user+system CPU seconds of the server so far
+  awk -v t="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.3f\n", ($12 + $13) / t }' "/proc/$SERVER_PID/stat"
+}
+
+# "requests_run batches_run" of the daemon's cpu device (empty for other servers).
+device_counters() {
+  [[ "$SERVER_LABEL" == splitlearnd* ]] || return 0
+  timeout 30 "$LOADGEN" --target "$SERVER_ADDR" --service-info 2>/dev/null |
+    awk -F= '/^device\.cpu\.requests_run=/ {r = $2} /^device\.cpu\.batches_run=/ {b = $2} END {if (r != "") print r, b}'
+}
+
+# point MODEL SHAPE CONCURRENCY [extra loadgen args]: one load point against the
+# running server, recorded under SERVER_LABEL.
+point() {
+  local model="$1" shape="$2" conc="$3"; shift 3
+  local c0 c1 bound l0 b0 b1
+  l0="$(cut -d' ' -f1 /proc/loadavg)"
+  b0="$(device_counters)"
+  bound=$(awk -v d="$DURATION_S" -v w="$WARMUP_S" 'BEGIN { printf "%d", d + w + 120 }')
+  c0="$(cpu_s)"
+  local cmd=("$LOADGEN" --target "$SERVER_ADDR")
+  [[ -z "$model" ]] || cmd+=(--model "$model")
+  cmd+=(--shape "$shape" --concurrency "$conc" --duration-s "$DURATION_S" --warmup-s "$WARMUP_S"
+        --csv "$LOADGEN_CSV" --label "$SERVER_LABEL" "$@")
+  record "${cmd[*]}"
+  timeout "$bound" "${cmd[@]}" | sed 's/^/    /' || log "loadgen reported errors (see the CSV)"
+  c1="$(cpu_s)"
+  b1="$(device_counters)"
+  echo "$SERVER_LABEL,$model,$shape,$conc,$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }'),$(rss_kb),$l0,$(cut -d' ' -f1 /proc/loadavg),$(
+    awk -v a="$b0" -v b="$b1" 'BEGIN { split(a, x, " "); split(b, y, " "); if (x[1] == "" || y[1] == "") print ","; else print y[1] - x[1] "," y[2] - x[2] }')" >>"$SERVER_CSV"
+}
+
+# ------------------------------------------------------------------ shards and configs
+log "work folder $WORK, build $BUILD, QUICK=$QUICK, ${DURATION_S}s per point"
+for spec in "tiny --kind tiny" "trunk --kind transformer --layers 4 --hidden 768 --heads 12 --ffn 3072" \
+            "identity --kind identity"; do
+  set -- $spec
+  name="$1"; shift
+  record "$CTL make-demo-shard $WORK/$name.pt $*"
+  "$CTL" make-demo-shard "$WORK/$name.pt" "$@" >/dev/null
+done
+log "shards written: $(cd "$WORK" && ls -s --block-size=K ./*.pt | tr '\n' ' ')"
+
+# write_config FILE INTRA BLAS MODELS...: a daemon config on 127.0.0.1:0.
+write_config() {
+  local file="$1" intra="$2" blas="$3"; shift 3
+  {
+    cat <<EOF
+server:
+  listen: "127.0.0.1:0"
+  max_message_bytes: 268435456
+  drain_timeout_s: 5
+  watch_config: false
+  log_level: info
+model_root: .
+devices:
+  cpu: {intra_op_threads: $intra, blas_threads: $blas, queue_capacity: 1024}
+models:
+EOF
+    local m first=true
+    for m in "$@"; do
+      local id path batch delay
+      IFS=: read -r id path batch delay <<<"$m"
+      echo "  - id: $id"
+      echo "    path: $path.pt"
+      $first && echo "    default: true"
+      first=false
+      echo "    warmup: {inputs: [{shape: [1, 10, 768], dtype: float32}], runs: 3}"
+      echo "    batching: {max_batch_size: $batch, max_delay_us: ${delay:-0}}"
+    done
+  } >"$file"
+}
+# id:file:max_batch_size[:max_delay_us]
+ALL_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:2000 identity:identity:8)
+write_config "$WORK/t1.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
+write_config "$WORK/t2.yaml" 2 "$NPROC" "${ALL_MODELS[@]}"
+write_config "$WORK/t3.yaml" 1 1 "${ALL_MODELS[@]}"
+write_config "$WORK/mem.yaml" 1 "$NPROC" trunk:trunk:8 tiny:tiny:8
+
+# ------------------------------------------------------------------ machine
+# WAIT_QUIET=N: wait up to N minutes for the 1-minute load average to fall below 1
+# (the machine is shared; other work skews every number).
+if [[ "${WAIT_QUIET:-0}" -gt 0 ]]; then
+  log "waiting up to $WAIT_QUIET min for a quiet machine (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  for _ in $(seq 1 $(( WAIT_QUIET * 6 ))); do
+    awk '{ exit !($1 < 1.0) }' /proc/loadavg && break
+    sleep 10
+  done
+  log "load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "cpu: $(lscpu | awk -F: '/^Model name/ {gsub(/^ +/, "", $2); print $2}'), $NPROC logical CPUs ($(lscpu | awk -F: '/^Thread\(s\) per core/ {gsub(/ /, "", $2); print $2}') thread(s) per core), L2 $(lscpu | awk -F: '/^L2 cache/ {gsub(/^ +/, "", $2); print $2}'), L3 $(lscpu | awk -F: '/^L3 cache/ {gsub(/^ +/, "", $2); print $2}')"
+  echo "hypervisor: $(lscpu | awk -F: '/^Hypervisor vendor/ {gsub(/^ +/, "", $2); print $2}')"
+  echo "memory: $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
+  echo "kernel: $(uname -sr)"
+  echo "nproc: $NPROC"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "blas alternative: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo unknown)"
+  echo "python: $($PY -c 'import sys, torch, grpc, numpy; print(sys.version.split()[0], "torch", torch.__version__, "grpcio", grpc.__version__, "numpy", numpy.__version__)')"
+  echo "gcc: $(${CXX:-c++} --version | head -1)"
+  echo "splitlearnd: commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(
+    [[ -n "$(git -C "$REPO" status --porcelain -- daemon manager config proto common 2>/dev/null)" ]] &&
+    echo " with uncommitted changes in daemon/manager/config/proto/common"), build type $(
+    awk -F= '/^CMAKE_BUILD_TYPE:/ {print $2}' "$BUILD/CMakeCache.txt" 2>/dev/null)"
+} >"$WORK/machine.txt"
+
+# ------------------------------------------------------------------ in-process limit
+log "in-process forward (the compute limit)"
+for t in "1 $NPROC" "2 $NPROC" "1 1"; do
+  set -- $t
+  for m in tiny trunk; do
+    cmd=("$INPROC" --model "$WORK/$m.pt" --shape 1x10x768 --batch 1 8 --duration-s "$INPROC_S"
+         --intra-op-threads "$1" --blas-threads "$2" --csv "$INPROC_CSV" --label "intra$1-blas$2")
+    record "${cmd[*]}"
+    timeout 300 "${cmd[@]}" | sed 's/^/    /'
+  done
+done
+
+# ------------------------------------------------------------------ echo: transport limit
+log "echo server (the transport limit)"
+start_server echo "$ECHO_BIN" --listen 127.0.0.1:0
+for c in $CONC_TINY; do point "" 1x10x768 "$c"; done
+point "" 8x1024x1024 1
+stop_server
+
+# ------------------------------------------------------------------ splitlearnd
+log "splitlearnd, intra-op 1, BLAS $NPROC (the documented default)"
+start_server splitlearnd "$SPLITLEARND" --config "$WORK/t1.yaml" --log-format text
+loadgen_info() { timeout 30 "$LOADGEN" --target "$SERVER_ADDR" --service-info; }
+loadgen_info >"$WORK/splitlearnd-info.txt"
+point identity 1x10x768 1
+for c in $CONC_TINY; do point tiny 1x10x768 "$c"; done
+# Batching on (max_delay_us 0) vs off for one lone client, interleaved twice.
+point trunk 1x10x768 1
+point trunk-nobatch 1x10x768 1
+SERVER_LABEL=splitlearnd-r2 point trunk 1x10x768 1
+SERVER_LABEL=splitlearnd-r2 point trunk-nobatch 1x10x768 1
+for c in $CONC_TRUNK; do [[ "$c" == 1 ]] || point trunk 1x10x768 "$c"; done
+point trunk-nobatch 1x10x768 8
+point trunk-wait 1x10x768 8
+point identity 8x1024x1024 1
+loadgen_info >"$WORK/splitlearnd-info-end.txt"
+stop_server
+
+for t in "2 $NPROC t2" "1 1 t3"; do
+  set -- $t
+  log "splitlearnd, intra-op $1, BLAS $2"
+  start_server "splitlearnd-intra$1-blas$2" "$SPLITLEARND" --config "$WORK/$3.yaml" --log-format text
+  point tiny 1x10x768 1
+  point tiny 1x10x768 8
+  point trunk 1x10x768 1
+  point trunk 1x10x768 8
+  stop_server
+done
+
+# ------------------------------------------------------------------ reference (Python)
+log "reference server (Python, grpc.aio + one-thread executor)"
+start_server reference "$PY" "$REPO/bench/reference_server.py" --stubs "$STUBS" \
+  --model "tiny=$WORK/tiny.pt" --model "trunk=$WORK/trunk.pt" --model "identity=$WORK/identity.pt"
+for c in $CONC_TINY; do point tiny 1x10x768 "$c"; done
+for c in $CONC_TRUNK; do point trunk 1x10x768 "$c"; done
+point identity 8x1024x1024 1
+stop_server
+
+# ------------------------------------------------------------------ memory
+log "memory: RSS idle with the trunk loaded, then after $MEM_REQUESTS requests"
+start_server splitlearnd-mem "$SPLITLEARND" --config "$WORK/mem.yaml" --log-format text
+sleep 2
+total_requests() { loadgen_info | awk -F= '/^total_requests=/ {print $2}'; }
+echo "idle,$(rss_kb),$(total_requests)" >>"$MEM_CSV"
+loadgen_info >"$WORK/mem-info.txt"
+point trunk 1x10x768 8
+echo "after-trunk-warmup,$(rss_kb),$(total_requests)" >>"$MEM_CSV"
+mem_bound=$(( MEM_REQUESTS / 100 + 120 ))  # seconds; far above the expected run time
+cmd=("$LOADGEN" --target "$SERVER_ADDR" --model tiny --shape 1x10x768 --concurrency 8 --warmup-s 0
+     --duration-s "$mem_bound" --requests "$MEM_REQUESTS" --csv "$LOADGEN_CSV" --label splitlearnd-mem-count)
+record "${cmd[*]}"
+timeout $(( mem_bound + 120 )) "${cmd[@]}" | sed 's/^/    /' || log "loadgen reported errors"
+echo "after-count,$(rss_kb),$(total_requests)" >>"$MEM_CSV"
+point trunk 1x10x768 8
+echo "after-count-and-trunk,$(rss_kb),$(total_requests)" >>"$MEM_CSV"
+awk '/^VmHWM:/ {print "peak," $2 ","}' "/proc/$SERVER_PID/status" >>"$MEM_CSV"
+stop_server
+
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.txt"
+echo "run time: $(( $(date +%s) - T_START )) s" >>"$WORK/machine.txt"
+
+# ------------------------------------------------------------------ report
+log "writing $OUT_DOC and plots in $PLOTS"
+mkdir -p "$PLOTS"
+"$PY" "$REPO/bench/report.py" --work "$WORK" --doc "$OUT_DOC" --plots "$PLOTS" --quick "$QUICK" \
+  --duration-s "$DURATION_S" --warmup-s "$WARMUP_S" --mem-requests "$MEM_REQUESTS" --nproc "$NPROC"
+log "done (raw results in $WORK)"
