@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sanitizer runs of the test suite, each in a build folder of its own.
+#
+#   tests/sanitizers/run.sh address   # ASan+UBSan: the daemon, the C++ unit tests and
+#                                     # the security/fault tests against the real daemon
+#   tests/sanitizers/run.sh thread    # TSan: the parts that need no libtorch (config,
+#                                     # device queue, model manager, codec, gRPC server
+#                                     # with fake models)
+#
+# BUILD_DIR (default: build-asan / build-tsan in the repository) and JOBS override the
+# defaults. Debian's libtorch, gRPC and protobuf are not instrumented; lsan.supp lists
+# the few one-time allocations of theirs that LeakSanitizer reports.
+set -euo pipefail
+
+mode=${1:-}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+jobs=${JOBS:-$(nproc)}
+here="$repo/tests/sanitizers"
+
+case "$mode" in
+  address)
+    build=${BUILD_DIR:-$repo/build-asan}
+    targets=(splitlearnd splitlearnctl splitlearnd_python_stubs config_test device_queue_test model_manager_test
+             codec_test server_test)
+    tests='^(config|device_queue|model_manager|codec|server): |^security_'
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=0"
+    export LSAN_OPTIONS="suppressions=$here/lsan.supp:print_suppressions=0"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    ;;
+  thread)
+    build=${BUILD_DIR:-$repo/build-tsan}
+    targets=(config_test device_queue_test model_manager_test codec_test server_test)
+    tests='^(config|device_queue|model_manager|codec|server): '
+    export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$here/tsan.supp"
+    ;;
+  *) echo "usage: $0 address|thread" >&2; exit 2 ;;
+esac
+
+echo "== $mode sanitizer build in $build"
+cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPLITLEARND_SANITIZE="$mode" \
+  -DSPLITLEARND_BUILD_BENCH=OFF >/dev/null
+cmake --build "$build" -j"$jobs" --target "${targets[@]}"
+echo "== $mode sanitizer tests"
+cd "$build"
+ctest --output-on-failure -j"${TEST_JOBS:-1}" --timeout 900 -R "$tests"
