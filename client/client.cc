@@ -1,66 +1,290 @@
 #include "client/client.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <thread>
+
 namespace splitlearnd {
 namespace pb = splitlearn::comm;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+pb::DType ToProto(DType t) { return static_cast<pb::DType>(t); }
+
+DType FromProto(pb::DType t) {
+  if (t < pb::DTYPE_FLOAT32 || t > pb::DTYPE_BOOL) return DType::kFloat32;  // unspecified: the legacy float32
+  return static_cast<DType>(t);
+}
+
+// Legacy messages carry int32 dimensions.
+Status ToInt32Shape(const std::vector<int64_t>& shape, google::protobuf::RepeatedField<int32_t>* out) {
+  for (int64_t d : shape) {
+    if (d < 0 || d > std::numeric_limits<int32_t>::max()) {
+      return InvalidArgument("dimension " + std::to_string(d) + " does not fit the protocol's int32 shape");
+    }
+    out->Add(static_cast<int32_t>(d));
+  }
+  return Status::Ok();
+}
+
+template <typename Field>
+Tensor MakeTensor(pb::DType dtype, const Field& shape, std::string* data) {
+  Tensor t;
+  t.dtype = FromProto(dtype);
+  t.shape.assign(shape.begin(), shape.end());
+  t.data = std::move(*data);
+  return t;
+}
+
+// The jittered wait before the next attempt; never negative.
+std::chrono::milliseconds JitteredBackoff(const RetryPolicy& policy, int attempt) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const double base = static_cast<double>(BackoffBeforeJitter(policy, attempt).count());
+  const double jitter = std::clamp(policy.jitter, 0.0, 1.0);
+  std::uniform_real_distribution<double> factor(1.0 - jitter, 1.0 + jitter);
+  return std::chrono::milliseconds(static_cast<int64_t>(std::llround(base * factor(rng))));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- helpers
 
 Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return Status::Ok();
   return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
 }
 
+bool IsRetryable(StatusCode code) { return code == StatusCode::kUnavailable || code == StatusCode::kResourceExhausted; }
+
+std::chrono::milliseconds BackoffBeforeJitter(const RetryPolicy& policy, int attempt) {
+  const double initial = static_cast<double>(std::max<int64_t>(0, policy.initial_backoff.count()));
+  const double cap = static_cast<double>(std::max<int64_t>(0, policy.max_backoff.count()));
+  const double grown = initial * std::pow(std::max(1.0, policy.multiplier), std::max(0, attempt - 1));
+  return std::chrono::milliseconds(static_cast<int64_t>(std::min(grown, cap)));
+}
+
 grpc::ChannelArguments DefaultChannelArguments(const ClientOptions& options) {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  const int bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, std::numeric_limits<int>::max()));
+  args.SetMaxReceiveMessageSize(bytes);
+  args.SetMaxSendMessageSize(bytes);
+  if (options.keepalive_time.count() > 0) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_time.count()));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(options.keepalive_timeout.count()));
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, options.keepalive_without_calls ? 1 : 0);
+    // Without this, gRPC stops pinging after two pings with no data in between.
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
+  if (options.initial_reconnect_backoff.count() > 0) {
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, static_cast<int>(options.initial_reconnect_backoff.count()));
+  }
+  if (options.max_reconnect_backoff.count() > 0) {
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(options.max_reconnect_backoff.count()));
+  }
+  if (!options.load_balancing_policy.empty()) args.SetLoadBalancingPolicyName(options.load_balancing_policy);
   return args;
 }
+
+int64_t Tensor::elements() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+Tensor Tensor::FromFloats(std::vector<int64_t> shape, const std::vector<float>& values) {
+  Tensor t;
+  t.dtype = DType::kFloat32;
+  t.shape = std::move(shape);
+  t.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  return t;
+}
+
+std::vector<float> Tensor::ToFloats() const {
+  if (dtype != DType::kFloat32) return {};
+  std::vector<float> values(data.size() / sizeof(float));
+  if (!values.empty()) std::memcpy(values.data(), data.data(), values.size() * sizeof(float));
+  return values;
+}
+
+// ---------------------------------------------------------------- Client
 
 Client::Client(const std::string& target, ClientOptions options)
     : Client(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), DefaultChannelArguments(options)),
              options) {}
 
 Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
-    : options_(options), channel_(std::move(channel)), stub_(pb::ComputeService::NewStub(channel_)) {}
+    : options_(std::move(options)), channel_(std::move(channel)), stub_(pb::ComputeService::NewStub(channel_)) {}
 
-void Client::SetDeadline(grpc::ClientContext* ctx) const {
-  if (options_.timeout.count() > 0) ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+Status Client::Invoke(const CallOptions& call, const std::function<grpc::Status(grpc::ClientContext*)>& attempt) {
+  const auto started = Clock::now();
+  const auto timeout = call.timeout.value_or(options_.timeout);
+  const RetryPolicy& policy = call.retry ? *call.retry : options_.retry;
+  const auto deadline = timeout.count() > 0 ? started + timeout : Clock::time_point::max();
+  const auto system_deadline = std::chrono::system_clock::now() + timeout;
+
+  Status status;
+  for (int n = 1;; ++n) {
+    grpc::ClientContext ctx;
+    if (timeout.count() > 0) ctx.set_deadline(system_deadline);
+    status = FromGrpc(attempt(&ctx));
+    if (status.ok() || !IsRetryable(status.code()) || n >= std::max(1, policy.max_attempts)) break;
+    const auto wait = JitteredBackoff(policy, n);
+    if (deadline != Clock::time_point::max() && Clock::now() + wait >= deadline) break;  // no time for another try
+    std::this_thread::sleep_for(wait);
+    retries_.fetch_add(1, std::memory_order_relaxed);
+  }
+  calls_.fetch_add(1, std::memory_order_relaxed);
+  if (!status.ok()) failures_.fetch_add(1, std::memory_order_relaxed);
+  latency_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started).count(),
+                        std::memory_order_relaxed);
+  return status;
 }
 
 StatusOr<ComputeResult> Client::Compute(const std::string& model_id, const Tensor& input,
                                         std::optional<DType> output_dtype) {
+  ComputeOptions options;
+  options.output_dtype = output_dtype;
+  return Compute(model_id, input, options);
+}
+
+StatusOr<ComputeResult> Client::Compute(const std::string& model_id, const Tensor& input,
+                                        const ComputeOptions& options, const CallOptions& call) {
   pb::ComputeRequest req;
   req.set_model_id(model_id);
   req.set_data(input.data);
-  for (int64_t d : input.shape) req.add_shape(static_cast<int32_t>(d));
-  if (input.dtype != DType::kFloat32) req.set_dtype(static_cast<pb::DType>(input.dtype));
-  if (output_dtype) req.set_output_dtype(static_cast<pb::DType>(*output_dtype));
+  if (auto s = ToInt32Shape(input.shape, req.mutable_shape()); !s.ok()) return s;
+  // float32 stays unspecified, as a legacy client sends it.
+  if (input.dtype != DType::kFloat32) req.set_dtype(ToProto(input.dtype));
+  if (options.output_dtype) req.set_output_dtype(ToProto(*options.output_dtype));
+  for (const auto& in : options.extra_inputs) {
+    auto* t = req.add_inputs();
+    t->set_name(in.name);
+    t->set_data(in.tensor.data);
+    for (int64_t d : in.tensor.shape) t->add_shape(d);
+    t->set_dtype(ToProto(in.tensor.dtype));
+  }
+  for (const auto& kv : options.past_key_values) {
+    auto* e = req.add_past_key_values();
+    e->set_key_data(kv.key.data);
+    e->set_value_data(kv.value.data);
+    if (auto s = ToInt32Shape(kv.key.shape, e->mutable_key_shape()); !s.ok()) return s;
+    if (auto s = ToInt32Shape(kv.value.shape, e->mutable_value_shape()); !s.ok()) return s;
+    if (kv.key.dtype != kv.value.dtype) return InvalidArgument("a cache entry's key and value must share a dtype");
+    if (kv.key.dtype != DType::kFloat32) e->set_dtype(ToProto(kv.key.dtype));
+  }
+  if (options.use_cache) req.set_use_cache(true);
+  if (!options.session_id.empty()) req.set_session_id(options.session_id);
+  if (options.training) req.set_training_mode(true);
+  if (!options.forward_id.empty()) req.set_forward_id(options.forward_id);
+  if (options.request_id) req.set_request_id(*options.request_id);
+  for (const auto& [k, v] : options.metadata) (*req.mutable_metadata())[k] = v;
+
   pb::ComputeResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  if (auto s = FromGrpc(stub_->Compute(&ctx, req, &resp)); !s.ok()) return s;
+  Status s = Invoke(call, [&](grpc::ClientContext* ctx) {
+    resp.Clear();
+    return stub_->Compute(ctx, req, &resp);
+  });
+  if (!s.ok()) return s;
+
   ComputeResult r;
-  r.tensor.dtype = resp.dtype() == pb::DTYPE_UNSPECIFIED ? DType::kFloat32 : static_cast<DType>(resp.dtype());
-  r.tensor.shape.assign(resp.shape().begin(), resp.shape().end());
-  r.tensor.data = std::move(*resp.mutable_data());
+  r.tensor = MakeTensor(resp.dtype(), resp.shape(), resp.mutable_data());
+  for (auto& out : *resp.mutable_outputs()) {
+    r.outputs.push_back(TensorEntry{out.name(), MakeTensor(out.dtype(), out.shape(), out.mutable_data())});
+  }
+  for (auto& kv : *resp.mutable_present_key_values()) {
+    KVEntry e;
+    e.key = MakeTensor(kv.dtype(), kv.key_shape(), kv.mutable_key_data());
+    e.value = MakeTensor(kv.dtype(), kv.value_shape(), kv.mutable_value_data());
+    r.present_key_values.push_back(std::move(e));
+  }
+  r.forward_id = resp.forward_id();
+  r.session_id = resp.session_id();
+  r.session_tokens = resp.session_tokens();
+  if (resp.has_request_id()) r.request_id = resp.request_id();
   r.compute_time_ms = resp.compute_time_ms();
   r.queue_time_ms = resp.queue_time_ms();
   return r;
 }
 
-StatusOr<pb::HealthResponse> Client::Health() {
+StatusOr<SessionInfo> Client::OpenSession(const std::string& model_id, const std::string& wanted_id,
+                                          const CallOptions& call) {
+  pb::OpenSessionRequest req;
+  req.set_model_id(model_id);
+  req.set_session_id(wanted_id);
+  pb::OpenSessionResponse resp;
+  Status s = Invoke(call, [&](grpc::ClientContext* ctx) { return stub_->OpenSession(ctx, req, &resp); });
+  if (!s.ok()) return s;
+  return SessionInfo{resp.session_id(), resp.model_id(), resp.idle_timeout_s()};
+}
+
+StatusOr<int64_t> Client::CloseSession(const std::string& model_id, const std::string& session_id,
+                                       const CallOptions& call) {
+  pb::CloseSessionRequest req;
+  req.set_model_id(model_id);
+  req.set_session_id(session_id);
+  pb::CloseSessionResponse resp;
+  Status s = Invoke(call, [&](grpc::ClientContext* ctx) { return stub_->CloseSession(ctx, req, &resp); });
+  if (!s.ok()) return s;
+  return static_cast<int64_t>(resp.bytes_released());
+}
+
+StatusOr<BackwardResult> Client::Backward(const std::string& model_id, const std::string& forward_id,
+                                          const Tensor& grad_output, std::optional<float> learning_rate,
+                                          const CallOptions& call) {
+  pb::BackwardRequest req;
+  if (!model_id.empty()) req.set_model_id(model_id);
+  req.set_forward_id(forward_id);
+  req.set_grad_output_data(grad_output.data);
+  if (auto s = ToInt32Shape(grad_output.shape, req.mutable_grad_output_shape()); !s.ok()) return s;
+  if (grad_output.dtype != DType::kFloat32) req.set_dtype(ToProto(grad_output.dtype));
+  if (learning_rate) req.set_learning_rate(*learning_rate);
+  pb::BackwardResponse resp;
+  Status s = Invoke(call, [&](grpc::ClientContext* ctx) {
+    resp.Clear();
+    return stub_->ComputeBackward(ctx, req, &resp);
+  });
+  if (!s.ok()) return s;
+  BackwardResult r;
+  r.grad_input = MakeTensor(resp.dtype(), resp.grad_input_shape(), resp.mutable_grad_input_data());
+  r.forward_id = resp.forward_id();
+  r.backward_time_ms = resp.backward_time_ms();
+  return r;
+}
+
+StatusOr<pb::HealthResponse> Client::Health(const CallOptions& call) {
   pb::HealthResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  if (auto s = FromGrpc(stub_->HealthCheck(&ctx, pb::HealthRequest(), &resp)); !s.ok()) return s;
+  Status s = Invoke(call, [&](grpc::ClientContext* ctx) { return stub_->HealthCheck(ctx, pb::HealthRequest(), &resp); });
+  if (!s.ok()) return s;
   return resp;
 }
 
-StatusOr<pb::ServiceInfoResponse> Client::Info() {
+StatusOr<pb::ServiceInfoResponse> Client::Info(const CallOptions& call) {
   pb::ServiceInfoResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  if (auto s = FromGrpc(stub_->GetServiceInfo(&ctx, pb::ServiceInfoRequest(), &resp)); !s.ok()) return s;
+  Status s = Invoke(call, [&](grpc::ClientContext* ctx) {
+    return stub_->GetServiceInfo(ctx, pb::ServiceInfoRequest(), &resp);
+  });
+  if (!s.ok()) return s;
   return resp;
+}
+
+ClientStats Client::Stats() const {
+  ClientStats s;
+  s.calls = calls_.load(std::memory_order_relaxed);
+  s.retries = retries_.load(std::memory_order_relaxed);
+  s.failures = failures_.load(std::memory_order_relaxed);
+  s.latency_sum_s = static_cast<double>(latency_ns_.load(std::memory_order_relaxed)) * 1e-9;
+  return s;
+}
+
+void Client::ResetStats() {
+  calls_ = 0;
+  retries_ = 0;
+  failures_ = 0;
+  latency_ns_ = 0;
 }
 
 }  // namespace splitlearnd

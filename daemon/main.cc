@@ -21,6 +21,7 @@
 #include "daemon/config_watcher.h"
 #include "daemon/logging.h"
 #include "daemon/management_service.h"
+#include "daemon/metrics.h"
 #include "daemon/notifier.h"
 #include "daemon/reloader.h"
 #include "daemon/server.h"
@@ -95,11 +96,16 @@ int Run(const Options& opt) {
 
   Server* server_ptr = nullptr;
   std::mutex server_mu;
+  // Before the manager: its hooks feed the metrics until it is gone.
+  std::unique_ptr<Metrics> metrics;
+  if (!config.server.metrics_listen.empty()) metrics = std::make_unique<Metrics>();
   ModelManager::Hooks hooks;
+  if (metrics) hooks.on_batch = [m = metrics.get()](const std::string& device, int n) { m->OnBatch(device, n); };
   hooks.on_state_change = [&](const ModelStatus& m) {
     spdlog::info("model '{}' {}{}{}", m.id, ModelStateName(m.state),
                  m.state == ModelState::kReady ? " (version " + std::to_string(m.version) + ", " + m.device + ")" : "",
                  m.last_error.empty() ? "" : ": " + m.last_error);
+    if (metrics) metrics->OnModelState(m);
     std::lock_guard<std::mutex> lock(server_mu);
     if (server_ptr) server_ptr->OnModelState(m);
   };
@@ -118,6 +124,7 @@ int Run(const Options& opt) {
   server.compute().set_extra_info({{"torch", TorchBuildSummary()},
                                    {"threads.intra_op", std::to_string(threads.intra_op_threads)},
                                    {"threads.blas", std::to_string(threads.blas_threads)}});
+  if (metrics) server.compute().set_observer(metrics.get());  // before any call can arrive
   {
     std::lock_guard<std::mutex> lock(server_mu);
     server_ptr = &server;
@@ -128,6 +135,17 @@ int Run(const Options& opt) {
     return 1;
   }
   spdlog::info("compute service listening on {}", server.bound_address());
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;  // after the manager: gone before it
+  if (metrics) {
+    auto endpoint = MetricsEndpoint::Start(config.server.metrics_listen, metrics.get(), &manager);
+    if (!endpoint.ok()) {
+      spdlog::critical("{}", endpoint.status().message());
+      server.Shutdown();
+      return 1;
+    }
+    metrics_endpoint = std::move(endpoint.value());
+    spdlog::info("metrics on http://{}/metrics", metrics_endpoint->bound_address());
+  }
 
   // One reload path for SIGHUP, a saved file and the ReloadConfig call.
   ConfigReloader::Options reload_options;
@@ -135,7 +153,8 @@ int Run(const Options& opt) {
   reload_options.listen_override = opt.listen;
   ConfigReloader reloader(
       reload_options, config, config_fingerprint, &manager, &notifier,
-      [&](const Config& previous, const Config& next, const ReloadReport&) {
+      [&](const Config& previous, const Config& next, const ReloadReport& report) {
+        if (metrics) metrics->OnReload(report.ok);
         if (opt.log_level.empty() && previous.server.log_level != next.server.log_level) {
           if (SetLogLevel(next.server.log_level).ok()) spdlog::info("log level is now {}", next.server.log_level);
         }

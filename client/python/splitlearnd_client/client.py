@@ -1,0 +1,323 @@
+"""The splitlearnd client: torch tensors in and out over gRPC."""
+import dataclasses
+import random
+import threading
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import grpc
+import torch
+
+from . import tensors
+from ._proto import compute_pb2 as pb
+
+MIB = 1024 * 1024
+_SERVICE = "/splitlearn.comm.ComputeService/"
+
+KV = Tuple[torch.Tensor, torch.Tensor]
+
+
+class SplitlearndError(Exception):
+    """A call that failed: `code` is its grpc.StatusCode, `details` the daemon's message,
+    `attempts` how many times it was tried."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, attempts: int = 1):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.attempts = attempts
+
+
+@dataclasses.dataclass
+class RetryPolicy:
+    """Retries of UNAVAILABLE and RESOURCE_EXHAUSTED (nothing else is retried).
+
+    Attempt n+1 waits initial_backoff_s * multiplier**(n-1), at most max_backoff_s,
+    each wait scaled by a random factor in [1 - jitter, 1 + jitter]. No attempt starts
+    past the call's deadline."""
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after failed attempt `attempt` (1-based), before jitter."""
+        return min(self.max_backoff_s, self.initial_backoff_s * max(1.0, self.multiplier) ** max(0, attempt - 1))
+
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclasses.dataclass
+class ClientStats:
+    calls: int = 0           # calls made, each counted once however many attempts it took
+    retries: int = 0         # attempts beyond the first
+    failures: int = 0        # calls that raised SplitlearndError in the end
+    latency_sum_s: float = 0.0  # summed wall time of the calls, retries and waits included
+
+
+@dataclasses.dataclass
+class ComputeResult:
+    output: torch.Tensor                       # the primary output
+    outputs: Dict[str, torch.Tensor]           # every further output, by name
+    present_key_values: List[KV]               # the legacy cache, when use_cache was set
+    forward_id: str = ""                       # of a training forward: pass it to backward()
+    session_id: str = ""
+    session_tokens: int = 0                    # sequence length cached in the session after the step
+    request_id: Optional[int] = None
+    compute_time_ms: float = 0.0
+    queue_time_ms: float = 0.0
+
+
+@dataclasses.dataclass
+class BackwardResult:
+    grad_input: torch.Tensor
+    forward_id: str
+    backward_time_ms: float = 0.0
+
+
+class Session:
+    """A server-side KV-cache session. A context manager: leaving it closes the session."""
+
+    def __init__(self, client: "Client", session_id: str, model_id: str, idle_timeout_s: float):
+        self.client = client
+        self.session_id = session_id
+        self.model_id = model_id
+        self.idle_timeout_s = idle_timeout_s
+        self.closed = False
+
+    def compute(self, x: torch.Tensor, **kwargs) -> ComputeResult:
+        """One step: the session's cache is the past, and the step's present replaces it."""
+        return self.client.compute(x, model_id=self.model_id, session_id=self.session_id, **kwargs)
+
+    def close(self) -> int:
+        """Closes the session; returns the bytes its cache held."""
+        if self.closed:
+            return 0
+        self.closed = True
+        return self.client.close_session(self.session_id, model_id=self.model_id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class Client:
+    """A client of splitlearnd's ComputeService. Thread-safe; a context manager.
+
+        with Client("127.0.0.1:50051") as client:
+            y = client.compute(torch.randn(1, 10, 768), model_id="gpt2-trunk").output
+
+    timeout: deadline of each call in seconds, retries included (None: no deadline).
+    retry: RetryPolicy for UNAVAILABLE and RESOURCE_EXHAUSTED.
+    max_message_bytes: largest message either way (the daemon's default limit is 256 MiB).
+    keepalive_time_s: HTTP/2 keepalive pings every so many seconds (None: off).
+    reconnect_backoff_s: (initial, max) wait before reconnecting to a lost daemon.
+    options: further gRPC channel options, e.g. [("grpc.lb_policy_name", "round_robin")].
+    credentials: grpc.ChannelCredentials for TLS (None: plaintext).
+    """
+
+    def __init__(self, target: str, *, timeout: Optional[float] = 30.0, retry: Optional[RetryPolicy] = None,
+                 max_message_bytes: int = 256 * MIB, keepalive_time_s: Optional[float] = None,
+                 keepalive_timeout_s: float = 20.0, reconnect_backoff_s: Tuple[float, float] = (0.25, 5.0),
+                 options: Sequence[Tuple[str, object]] = (), credentials: Optional[grpc.ChannelCredentials] = None):
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        channel_options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", int(reconnect_backoff_s[0] * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(reconnect_backoff_s[1] * 1000)),
+        ]
+        if keepalive_time_s:
+            channel_options += [
+                ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        channel_options += list(options)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target, options=channel_options)
+        else:
+            self.channel = grpc.secure_channel(target, credentials, options=channel_options)
+        self._methods = {}
+        self._stats = ClientStats()
+        self._stats_lock = threading.Lock()
+        self._rng = random.Random()
+        self._rng_lock = threading.Lock()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _method(self, name, response_class):
+        method = self._methods.get(name)
+        if method is None:
+            method = self.channel.unary_unary(_SERVICE + name, request_serializer=lambda m: m.SerializeToString(),
+                                              response_deserializer=response_class.FromString)
+            self._methods[name] = method
+        return method
+
+    def _call(self, name, request, response_class, timeout, retry):
+        """One call under one deadline, with retries; raises SplitlearndError."""
+        method = self._method(name, response_class)
+        policy = retry or self.retry
+        timeout = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        attempt = 0
+        failed = True
+        try:
+            while True:
+                attempt += 1
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    response = method(request, timeout=left)
+                    failed = False
+                    return response
+                except grpc.RpcError as e:
+                    error = SplitlearndError(e.code(), e.details() or "", attempt)
+                if error.code not in RETRYABLE or attempt >= max(1, policy.max_attempts):
+                    raise error
+                with self._rng_lock:
+                    factor = self._rng.uniform(1.0 - policy.jitter, 1.0 + policy.jitter)
+                wait = max(0.0, policy.backoff(attempt) * factor)
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise error  # no time left for another attempt
+                time.sleep(wait)
+                with self._stats_lock:
+                    self._stats.retries += 1
+        finally:
+            with self._stats_lock:
+                self._stats.calls += 1
+                self._stats.failures += int(failed)
+                self._stats.latency_sum_s += time.monotonic() - started
+
+    # ------------------------------------------------------------ calls
+
+    def compute(self, x: torch.Tensor, model_id: str = "", *, inputs: Optional[Dict[str, torch.Tensor]] = None,
+                output_dtype: Optional[torch.dtype] = None, past_key_values: Optional[Sequence[KV]] = None,
+                use_cache: bool = False, session_id: str = "", training: bool = False,
+                forward_id: Optional[str] = None, request_id: Optional[int] = None,
+                metadata: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                retry: Optional[RetryPolicy] = None) -> ComputeResult:
+        """One forward of `model_id` (empty: the daemon's default model) on `x`.
+
+        inputs: further inputs by forward() argument name. output_dtype: the answer's
+        dtype (default: x's). past_key_values + use_cache: the legacy KV cache, one
+        (key, value) pair per layer, shapes [batch, heads, seq, head_dim]. session_id: a
+        server-side session (see open_session). training: keep the autograd graph for
+        backward(); the result's forward_id names it. request_id: echoed back, and
+        shown in the daemon's debug log lines about this request."""
+        req = pb.ComputeRequest(model_id=model_id)
+        data, shape, code = tensors.encode(x)
+        req.data = data
+        req.shape.extend(shape)
+        if code != tensors.DTYPE_FLOAT32:
+            req.dtype = code  # float32 stays unspecified, as legacy clients send it
+        if output_dtype is not None:
+            req.output_dtype = tensors.dtype_code(output_dtype)
+        for name, t in (inputs or {}).items():
+            d, s, c = tensors.encode(t)
+            req.inputs.add(name=name, data=d, shape=s, dtype=c)
+        for key, value in past_key_values or ():
+            kd, ks, kc = tensors.encode(key)
+            vd, vs, vc = tensors.encode(value)
+            if kc != vc:
+                raise TypeError("a cache entry's key and value must have the same dtype")
+            entry = req.past_key_values.add(key_data=kd, key_shape=ks, value_data=vd, value_shape=vs)
+            if kc != tensors.DTYPE_FLOAT32:
+                entry.dtype = kc
+        if use_cache:
+            req.use_cache = True
+        if session_id:
+            req.session_id = session_id
+        if training:
+            req.training_mode = True
+        if forward_id:
+            req.forward_id = forward_id
+        if request_id is not None:
+            req.request_id = request_id
+        for k, v in (metadata or {}).items():
+            req.metadata[k] = v
+
+        resp = self._call("Compute", req, pb.ComputeResponse, timeout, retry)
+        return ComputeResult(
+            output=tensors.decode(resp.data, resp.shape, resp.dtype),
+            outputs={o.name: tensors.decode(o.data, o.shape, o.dtype) for o in resp.outputs},
+            present_key_values=[(tensors.decode(e.key_data, e.key_shape, e.dtype),
+                                 tensors.decode(e.value_data, e.value_shape, e.dtype))
+                                for e in resp.present_key_values],
+            forward_id=resp.forward_id,
+            session_id=resp.session_id,
+            session_tokens=resp.session_tokens,
+            request_id=resp.request_id if resp.HasField("request_id") else None,
+            compute_time_ms=resp.compute_time_ms,
+            queue_time_ms=resp.queue_time_ms,
+        )
+
+    def open_session(self, model_id: str = "", session_id: str = "", *, timeout: Optional[float] = None,
+                     retry: Optional[RetryPolicy] = None) -> Session:
+        """Opens a server-side KV-cache session (the daemon names it unless session_id
+        is given). Use it as a context manager, or close() it."""
+        resp = self._call("OpenSession", pb.OpenSessionRequest(model_id=model_id, session_id=session_id),
+                          pb.OpenSessionResponse, timeout, retry)
+        return Session(self, resp.session_id, resp.model_id or model_id, resp.idle_timeout_s)
+
+    def close_session(self, session_id: str, model_id: str = "", *, timeout: Optional[float] = None,
+                      retry: Optional[RetryPolicy] = None) -> int:
+        """Closes a session; returns the bytes its cache held."""
+        resp = self._call("CloseSession", pb.CloseSessionRequest(session_id=session_id, model_id=model_id),
+                          pb.CloseSessionResponse, timeout, retry)
+        return resp.bytes_released
+
+    def backward(self, grad_output: torch.Tensor, forward_id: str, model_id: str = "", *,
+                 learning_rate: Optional[float] = None, timeout: Optional[float] = None,
+                 retry: Optional[RetryPolicy] = None) -> BackwardResult:
+        """The gradient of the input of training forward `forward_id`, given the gradient
+        of its output. Where the model trains, the daemon also takes an optimizer step."""
+        data, shape, code = tensors.encode(grad_output)
+        req = pb.BackwardRequest(grad_output_data=data, grad_output_shape=shape, forward_id=forward_id)
+        if model_id:
+            req.model_id = model_id
+        if code != tensors.DTYPE_FLOAT32:
+            req.dtype = code
+        if learning_rate is not None:
+            req.learning_rate = learning_rate
+        resp = self._call("ComputeBackward", req, pb.BackwardResponse, timeout, retry)
+        return BackwardResult(grad_input=tensors.decode(resp.grad_input_data, resp.grad_input_shape, resp.dtype),
+                              forward_id=resp.forward_id, backward_time_ms=resp.backward_time_ms)
+
+    def health(self, *, timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None):
+        """The legacy HealthCheck: a HealthResponse (status "healthy" or "unhealthy")."""
+        return self._call("HealthCheck", pb.HealthRequest(), pb.HealthResponse, timeout, retry)
+
+    def info(self, *, timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None):
+        """GetServiceInfo: a ServiceInfoResponse."""
+        return self._call("GetServiceInfo", pb.ServiceInfoRequest(), pb.ServiceInfoResponse, timeout, retry)
+
+    # ------------------------------------------------------------ statistics and lifetime
+
+    @property
+    def stats(self) -> ClientStats:
+        """A copy of the counters since construction or reset_stats()."""
+        with self._stats_lock:
+            return dataclasses.replace(self._stats)
+
+    def reset_stats(self):
+        with self._stats_lock:
+            self._stats = ClientStats()
+
+    def close(self):
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
