@@ -108,6 +108,45 @@ void AtomicHistogram::Observe(int64_t scaled) {
   sum_.fetch_add(scaled, std::memory_order_relaxed);
 }
 
+HistogramSnapshot AtomicHistogram::Snapshot() const {
+  HistogramSnapshot s;
+  for (size_t i = 0; i < buckets_.size(); ++i) s.bounds.push_back(buckets_.bound(i));
+  for (size_t i = 0; i <= buckets_.size(); ++i) s.counts.push_back(bucket_count(i));
+  s.sum = static_cast<double>(scaled_sum()) * buckets_.unit();
+  return s;
+}
+
+uint64_t HistogramSnapshot::count() const {
+  uint64_t n = 0;
+  for (uint64_t c : counts) n += c;
+  return n;
+}
+
+double HistogramSnapshot::Quantile(double q) const {
+  const uint64_t total = count();
+  if (total == 0 || counts.size() != bounds.size() + 1) return std::numeric_limits<double>::quiet_NaN();
+  const double rank = std::clamp(q, 0.0, 1.0) * static_cast<double>(total);
+  double below = 0;  // samples in the buckets before i
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const double here = static_cast<double>(counts[i]);
+    if (here > 0 && below + here >= rank) {
+      if (i == bounds.size()) return bounds.empty() ? std::numeric_limits<double>::quiet_NaN() : bounds.back();
+      const double lower = i == 0 ? std::min(0.0, bounds[0]) : bounds[i - 1];
+      return lower + (bounds[i] - lower) * (rank - below) / here;
+    }
+    below += here;
+  }
+  return bounds.empty() ? std::numeric_limits<double>::quiet_NaN() : bounds.back();
+}
+
+HistogramSnapshot HistogramSnapshot::Minus(const HistogramSnapshot& earlier) const {
+  HistogramSnapshot d = *this;
+  if (earlier.counts.size() != counts.size()) return d;
+  for (size_t i = 0; i < counts.size(); ++i) d.counts[i] = counts[i] >= earlier.counts[i] ? counts[i] - earlier.counts[i] : 0;
+  d.sum = sum - earlier.sum;
+  return d;
+}
+
 // ---------------------------------------------------------------- series
 
 struct Metrics::ModelSeries {
@@ -327,6 +366,32 @@ std::vector<prometheus::MetricFamily> Metrics::Collect(const ModelManager* manag
   // A family without samples is noise in the exposition.
   out.erase(std::remove_if(out.begin(), out.end(), [](const prometheus::MetricFamily& f) { return f.metric.empty(); }),
             out.end());
+  return out;
+}
+
+std::vector<Metrics::ModelRequests> Metrics::RequestSnapshot() const {
+  std::vector<ModelRequests> out;
+  for (const ModelSeries* s : models_.All()) {
+    ModelRequests r;
+    r.model = s->name;
+    for (int c = 0; c < kStatusCodes; ++c) {
+      const uint64_t n = s->requests[c].load(std::memory_order_relaxed);
+      if (n == 0) continue;
+      r.by_code[StatusCodeName(static_cast<StatusCode>(c))] = n;
+      r.requests += n;
+      if (c != 0) r.errors += n;
+    }
+    r.queue = s->queue.Snapshot();
+    r.compute = s->compute.Snapshot();
+    r.total = s->total.Snapshot();
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<Metrics::DeviceBatches> Metrics::BatchSnapshot() const {
+  std::vector<DeviceBatches> out;
+  for (const DeviceSeries* d : devices_.All()) out.push_back(DeviceBatches{d->name, d->batch_size.Snapshot()});
   return out;
 }
 

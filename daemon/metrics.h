@@ -63,12 +63,28 @@ class HistogramBuckets {
   double unit_;
 };
 
+// A copy of one histogram at one moment, for status displays: quantiles since start,
+// or over an interval as the difference of two snapshots.
+struct HistogramSnapshot {
+  std::vector<double> bounds;    // upper bounds; +Inf is implied after the last
+  std::vector<uint64_t> counts;  // per bucket, not cumulative: bounds.size() + 1 entries
+  double sum = 0;                // in base units (seconds, requests)
+
+  uint64_t count() const;
+  // Like PromQL's histogram_quantile(): linear inside the bucket that holds the rank;
+  // the last finite bound when it falls in +Inf; NaN without samples.
+  double Quantile(double q) const;
+  // This snapshot less an earlier one of the same histogram.
+  HistogramSnapshot Minus(const HistogramSnapshot& earlier) const;
+};
+
 // A histogram made of relaxed atomics: Observe() is wait-free.
 class AtomicHistogram {
  public:
   explicit AtomicHistogram(const HistogramBuckets& buckets);
   void Observe(int64_t scaled);  // the value in the buckets' units
 
+  HistogramSnapshot Snapshot() const;
   const HistogramBuckets& buckets() const { return buckets_; }
   uint64_t bucket_count(size_t i) const { return counts_[i].load(std::memory_order_relaxed); }
   int64_t scaled_sum() const { return sum_.load(std::memory_order_relaxed); }
@@ -128,6 +144,21 @@ class Metrics final : public RequestObserver {
   std::vector<prometheus::MetricFamily> Collect(const ModelManager* manager) const;
   // The same in the text exposition format (what /metrics serves).
   std::string RenderText(const ModelManager* manager) const;
+
+  // The request figures of one model, for `splitlearnctl status` and the like.
+  struct ModelRequests {
+    std::string model;                        // "" : calls that reached no model
+    uint64_t requests = 0;                    // every code
+    uint64_t errors = 0;                      // every code but OK
+    std::map<std::string, uint64_t> by_code;  // codes seen, by gRPC name
+    HistogramSnapshot queue, compute, total;  // seconds
+  };
+  struct DeviceBatches {
+    std::string device;
+    HistogramSnapshot batch_size;  // requests per forward
+  };
+  std::vector<ModelRequests> RequestSnapshot() const;  // sorted by model
+  std::vector<DeviceBatches> BatchSnapshot() const;    // sorted by device
 
  private:
   struct ModelSeries;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <sstream>
 #include <thread>
 
@@ -145,6 +146,41 @@ TEST_CASE("series first used by many threads at once are counted exactly", "[met
   }
   CHECK(total == kThreads * kPerThread);
   CHECK(Sample(text, R"(splitlearnd_batch_size_count{device="cpu"})") == std::to_string(kThreads * kPerThread / 100));
+}
+
+TEST_CASE("snapshots give counts by code and quantiles like histogram_quantile", "[metrics]") {
+  Metrics m;
+  // 90 requests of 2 ms and 10 of 40 ms in all; one error without a timing.
+  const JobTiming fast = Timing(0.001, 0.001, 1), slow = Timing(0.010, 0.030, 2);
+  for (int i = 0; i < 90; ++i) m.OnRequestDone("m1", StatusCode::kOk, &fast);
+  for (int i = 0; i < 10; ++i) m.OnRequestDone("m1", StatusCode::kOk, &slow);
+  m.OnRequestDone("m1", StatusCode::kResourceExhausted, nullptr);
+  m.OnBatch("cpu", 2);
+  const auto snap = m.RequestSnapshot();
+  REQUIRE(snap.size() == 1);
+  const auto& r = snap[0];
+  CHECK(r.model == "m1");
+  CHECK(r.requests == 101);
+  CHECK(r.errors == 1);
+  CHECK(r.by_code.at("OK") == 100);
+  CHECK(r.by_code.at("RESOURCE_EXHAUSTED") == 1);
+  CHECK(r.total.count() == 100);
+  CHECK(r.total.sum == Approx(90 * 0.002 + 10 * 0.040));
+  // p50 lies in the (0.001, 0.0025] bucket that holds all 90 fast ones: 0.001 + 0.0015 * 50/90.
+  CHECK(r.total.Quantile(0.5) == Approx(0.001 + 0.0015 * 50.0 / 90.0));
+  // p99 lies in the (0.025, 0.05] bucket of the slow ones: 0.025 + 0.025 * 9/10.
+  CHECK(r.total.Quantile(0.99) == Approx(0.025 + 0.025 * 0.9));
+  // Over an interval: only what happened since the earlier snapshot.
+  for (int i = 0; i < 5; ++i) m.OnRequestDone("m1", StatusCode::kOk, &slow);
+  const auto later = m.RequestSnapshot()[0].total.Minus(r.total);
+  CHECK(later.count() == 5);
+  CHECK(later.Quantile(0.5) == Approx(0.025 + 0.025 * 0.5));
+  CHECK(std::isnan(HistogramSnapshot{}.Quantile(0.5)));
+  const auto batches = m.BatchSnapshot();
+  REQUIRE(batches.size() == 1);
+  CHECK(batches[0].device == "cpu");
+  CHECK(batches[0].batch_size.sum == 2);
+  CHECK(batches[0].batch_size.Quantile(1.0) == 2);
 }
 
 TEST_CASE("the endpoint serves the text format on a free loopback port", "[metrics]") {
