@@ -71,7 +71,7 @@ class Parser {
   ServerConfig ParseServer(const YAML::Node& node) const {
     const std::string k = "server";
     ExpectMap(node, k, {"listen", "management_listen", "metrics_listen", "max_message_bytes", "drain_timeout_s",
-                        "watch_config", "log_level", "max_tensor_elements"});
+                        "drain_grace_s", "watch_config", "log_level", "max_tensor_elements"});
     ServerConfig s;
     for (const auto& kv : node) {
       const std::string name = kv.first.as<std::string>();
@@ -89,6 +89,9 @@ class Parser {
       } else if (name == "drain_timeout_s") {
         s.drain_timeout_s = Double(v, key);
         if (s.drain_timeout_s < 0) Fail(v, key, "must not be negative");
+      } else if (name == "drain_grace_s") {
+        s.drain_grace_s = Double(v, key);
+        if (s.drain_grace_s < 0) Fail(v, key, "must not be negative");
       } else if (name == "watch_config") {
         s.watch_config = Bool(v, key);
       } else if (name == "log_level") {

@@ -22,6 +22,8 @@ struct ServerConfig {
   std::string metrics_listen;     // empty: no metrics endpoint
   int64_t max_message_bytes = 256LL * 1024 * 1024;
   double drain_timeout_s = 30;
+  // SIGTERM: seconds of NOT_SERVING health while still serving, before new calls are refused.
+  double drain_grace_s = 0;
   bool watch_config = true;
   std::string log_level = "info";
   // Largest element count accepted in one input tensor.

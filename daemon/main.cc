@@ -252,6 +252,18 @@ int Run(const Options& opt) {
 
   notifier.Stopping("draining");
   update_watcher(false);
+  // Health turns NOT_SERVING first while calls are still accepted, so that balancers move
+  // away before anything is refused (server.drain_grace_s); a second signal ends it early.
+  server.StopAdvertising();
+  const auto grace_end = std::chrono::steady_clock::now() + std::chrono::microseconds(static_cast<int64_t>(
+                                                                reloader.current().server.drain_grace_s * 1e6));
+  for (auto left = grace_end - std::chrono::steady_clock::now(); left.count() > 0;
+       left = grace_end - std::chrono::steady_clock::now()) {
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(left).count();
+    timespec wait{static_cast<time_t>(us / 1000000), static_cast<long>((us % 1000000) * 1000)};
+    const int sig = sigtimedwait(&signals, nullptr, &wait);
+    if (sig == SIGTERM || sig == SIGINT) break;
+  }
   server.BeginDrain();
   const double drain_s = reloader.current().server.drain_timeout_s;
   if (!server.WaitDrained(std::chrono::milliseconds(static_cast<int64_t>(drain_s * 1000)))) {

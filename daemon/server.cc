@@ -59,12 +59,15 @@ void Server::OnModelState(const ModelStatus& status) {
   SetHealth(ModelHealthName(status.id), status.state == ModelState::kReady);
 }
 
+void Server::StopAdvertising() {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  draining_ = true;
+  for (auto& [name, serving] : pending_health_) serving = false;
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+}
+
 void Server::BeginDrain() {
-  {
-    std::lock_guard<std::mutex> lock(health_mu_);
-    draining_ = true;
-    if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
-  }
+  StopAdvertising();
   compute_.gate().Close();
 }
 

@@ -42,6 +42,9 @@ class Server {
   // Mirrors one model's state into grpc.health.v1 (any thread).
   void OnModelState(const ModelStatus& status);
 
+  // Turns every health status NOT_SERVING for good; calls are still accepted.
+  void StopAdvertising();
+  // StopAdvertising(), then new calls are refused.
   void BeginDrain();
   bool WaitDrained(std::chrono::milliseconds timeout);
   void Shutdown();
