@@ -1,5 +1,6 @@
 // splitlearnctl: talk to a running splitlearnd, and make demo shards.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <ctime>
 #include <map>
 #include <random>
+#include <thread>
 #include <sstream>
 
 #include "client/client.h"
@@ -184,6 +186,36 @@ void PrintReload(const mg::ReloadResult& r) {
   for (const auto& w : r.warnings()) std::printf("  warning: %s\n", w.c_str());
 }
 
+std::string Fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+// Per model: requests, errors, latency quantiles (from the daemon's live histograms)
+// and sessions. With `earlier` (an older answer) and `seconds` apart, adds rates.
+void PrintTraffic(const google::protobuf::RepeatedPtrField<mg::ModelInfo>& models,
+                  const google::protobuf::RepeatedPtrField<mg::ModelInfo>* earlier, double seconds) {
+  std::vector<std::vector<std::string>> rows{{"MODEL", "REQUESTS", "ERRORS", "P50 ms", "P99 ms", "QUEUE P50 ms",
+                                              "COMPUTE P50 ms", "SESSIONS"}};
+  if (earlier) rows.front().insert(rows.front().begin() + 2, "REQ/S");
+  for (const auto& m : models) {
+    std::vector<std::string> row{m.id(), std::to_string(m.requests()), std::to_string(m.errors()),
+                                 Fixed(m.latency_p50_ms(), 3), Fixed(m.latency_p99_ms(), 3),
+                                 Fixed(m.queue_p50_ms(), 3), Fixed(m.compute_p50_ms(), 3),
+                                 std::to_string(m.sessions()) + " (" + Bytes(m.session_bytes()) + ")"};
+    if (earlier) {
+      uint64_t before = 0;
+      for (const auto& e : *earlier) {
+        if (e.id() == m.id()) before = e.requests();
+      }
+      row.insert(row.begin() + 2, Fixed(seconds > 0 ? static_cast<double>(m.requests() - before) / seconds : 0, 1));
+    }
+    rows.push_back(std::move(row));
+  }
+  PrintTable(rows);
+}
+
 void PrintStatus(const mg::StatusResponse& s) {
   std::printf("splitlearnd %s, pid %lld, up %.0f s%s\n", s.version().c_str(), static_cast<long long>(s.pid()),
               s.uptime_seconds(), s.draining() ? ", DRAINING" : "");
@@ -197,9 +229,11 @@ void PrintStatus(const mg::StatusResponse& s) {
   PrintReload(s.last_reload());
   std::printf("\nmodels:\n");
   PrintModels(s.models(), s.draining_versions());
+  std::printf("\ntraffic since start:\n");
+  PrintTraffic(s.models(), nullptr, 0);
   std::printf("\ndevices:\n");
   std::vector<std::vector<std::string>> rows{
-      {"DEVICE", "WORKER", "QUEUE", "REQUESTS", "BATCHES", "MODELS", "MEMORY", "LIMITS"}};
+      {"DEVICE", "WORKER", "QUEUE", "REQUESTS", "BATCHES", "BATCH MEAN/P99", "MODELS", "MEMORY", "LIMITS"}};
   for (const auto& d : s.devices()) {
     std::string limits;
     if (d.max_models()) limits += "max_models " + std::to_string(d.max_models());
@@ -207,7 +241,9 @@ void PrintStatus(const mg::StatusResponse& s) {
     if (d.evict_lru()) limits += (limits.empty() ? "" : ", ") + std::string("evict_lru");
     rows.push_back({d.name(), d.worker_alive() ? "alive" : "DEAD",
                     std::to_string(d.queue_depth()) + "/" + std::to_string(d.queue_capacity()),
-                    std::to_string(d.requests_run()), std::to_string(d.batches_run()), std::to_string(d.models()),
+                    std::to_string(d.requests_run()), std::to_string(d.batches_run()),
+                    d.batches_run() ? Fixed(d.mean_batch_size(), 2) + " / " + Fixed(d.p99_batch_size(), 1) : "-",
+                    std::to_string(d.models()),
                     Bytes(d.memory_used_bytes()), limits.empty() ? "-" : limits});
   }
   PrintTable(rows);
@@ -266,7 +302,10 @@ int main(int argc, char** argv) {
   shard->add_flag("--causal", spec.causal, "causal self-attention");
   shard->add_option("--seed", spec.seed, "random seed of the weights")->capture_default_str();
 
-  auto* status_cmd = app.add_subcommand("status", "daemon status: config, last reload, models, devices");
+  auto* status_cmd = app.add_subcommand("status", "daemon status: config, last reload, models, traffic, devices");
+  auto* top_cmd = app.add_subcommand("top", "status, refreshed every second, with request rates");
+  int top_iterations = 0;
+  top_cmd->add_option("-n,--iterations", top_iterations, "stop after this many refreshes (0: until Ctrl-C)");
   auto* models_cmd = app.add_subcommand("models", "list the models (or show one)");
   std::string model_id;
   models_cmd->add_option("id", model_id, "show this model in detail");
@@ -289,6 +328,31 @@ int main(int argc, char** argv) {
   log_level_cmd->add_option("level", level, "trace, debug, info, warn, error, critical or off")->required();
 
   CLI11_PARSE(app, argc, argv);
+
+  if (*top_cmd) {
+    auto stub = mg::ManagementService::NewStub(grpc::CreateChannel(manage, grpc::InsecureChannelCredentials()));
+    mg::StatusResponse previous;
+    auto previous_at = std::chrono::steady_clock::now();
+    for (int i = 0; top_iterations == 0 || i < top_iterations; ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      mg::StatusResponse r;
+      grpc::Status s = stub->GetStatus(&ctx, mg::GetStatusRequest{}, &r);
+      if (!s.ok()) return FailGrpc(s, manage);
+      const auto now = std::chrono::steady_clock::now();
+      if (isatty(STDOUT_FILENO)) std::printf("\033[H\033[2J");
+      PrintStatus(r);
+      if (i > 0) {
+        std::printf("\nlast second:\n");
+        PrintTraffic(r.models(), &previous.models(), std::chrono::duration<double>(now - previous_at).count());
+      }
+      std::fflush(stdout);
+      previous = std::move(r);
+      previous_at = now;
+      if (top_iterations == 0 || i + 1 < top_iterations) std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    return 0;
+  }
 
   if (*status_cmd || *models_cmd || *load_cmd || *unload_cmd || *reload_cmd || *reload_config_cmd || *log_level_cmd) {
     auto stub = mg::ManagementService::NewStub(grpc::CreateChannel(manage, grpc::InsecureChannelCredentials()));

@@ -97,8 +97,8 @@ int Run(const Options& opt) {
   Server* server_ptr = nullptr;
   std::mutex server_mu;
   // Before the manager: its hooks feed the metrics until it is gone.
-  std::unique_ptr<Metrics> metrics;
-  if (!config.server.metrics_listen.empty()) metrics = std::make_unique<Metrics>();
+  // Always kept (status shows its figures); served over HTTP only with metrics_listen.
+  auto metrics = std::make_unique<Metrics>();
   ModelManager::Hooks hooks;
   if (metrics) hooks.on_batch = [m = metrics.get()](const std::string& device, int n) { m->OnBatch(device, n); };
   hooks.on_state_change = [&](const ModelStatus& m) {
@@ -136,7 +136,7 @@ int Run(const Options& opt) {
   }
   spdlog::info("compute service listening on {}", server.bound_address());
   std::unique_ptr<MetricsEndpoint> metrics_endpoint;  // after the manager: gone before it
-  if (metrics) {
+  if (!config.server.metrics_listen.empty()) {
     auto endpoint = MetricsEndpoint::Start(config.server.metrics_listen, metrics.get(), &manager);
     if (!endpoint.ok()) {
       spdlog::critical("{}", endpoint.status().message());
@@ -168,6 +168,7 @@ int Run(const Options& opt) {
   info.listen = [&] { return server.bound_address(); };
   info.draining = [&] { return server.compute().gate().closed(); };
   info.watching_config = [&] { return watching.load(); };
+  info.metrics = metrics.get();
   std::unique_ptr<ManagementServer> management;
   if (!config.server.management_listen.empty()) {
     management = std::make_unique<ManagementServer>(&manager, &reloader, info);

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <map>
 #include <cstring>
 #include <filesystem>
 #include <thread>
@@ -120,7 +122,32 @@ grpc::Status ManagementServiceImpl::ListModels(grpc::ServerContext*, const pb::L
                                                pb::ListModelsResponse* resp) {
   for (const auto& m : manager_->ListModels()) Fill(m, resp->add_models());
   for (const auto& m : manager_->ListDraining()) Fill(m, resp->add_draining());
+  AddTraffic(resp->mutable_models());
   return grpc::Status::OK;
+}
+
+void ManagementServiceImpl::AddTraffic(google::protobuf::RepeatedPtrField<pb::ModelInfo>* models) const {
+  std::map<std::string, Metrics::ModelRequests> traffic;
+  if (info_.metrics) {
+    for (auto& r : info_.metrics->RequestSnapshot()) traffic.emplace(r.model, std::move(r));
+  }
+  auto ms = [](double seconds) { return std::isnan(seconds) ? 0.0 : seconds * 1000.0; };
+  for (auto& m : *models) {
+    if (auto it = traffic.find(m.id()); it != traffic.end()) {
+      const auto& t = it->second;
+      m.set_requests(t.requests);
+      m.set_errors(t.errors);
+      m.set_latency_p50_ms(ms(t.total.Quantile(0.5)));
+      m.set_latency_p99_ms(ms(t.total.Quantile(0.99)));
+      m.set_queue_p50_ms(ms(t.queue.Quantile(0.5)));
+      m.set_compute_p50_ms(ms(t.compute.Quantile(0.5)));
+    }
+    if (auto route = manager_->Peek(m.id()); route.ok()) {
+      const ModelStats s = (*route)->model->Stats();
+      m.set_sessions(s.sessions);
+      m.set_session_bytes(s.session_bytes);
+    }
+  }
 }
 
 grpc::Status ManagementServiceImpl::GetModel(grpc::ServerContext*, const pb::GetModelRequest* req,
@@ -245,6 +272,11 @@ grpc::Status ManagementServiceImpl::GetStatus(grpc::ServerContext*, const pb::Ge
   FillReport(reloader_->last(), resp->mutable_last_reload());
   for (const auto& m : manager_->ListModels()) Fill(m, resp->add_models());
   for (const auto& m : manager_->ListDraining()) Fill(m, resp->add_draining_versions());
+  AddTraffic(resp->mutable_models());
+  std::map<std::string, HistogramSnapshot> batches;
+  if (info_.metrics) {
+    for (auto& b : info_.metrics->BatchSnapshot()) batches.emplace(b.device, std::move(b.batch_size));
+  }
   for (const auto& d : manager_->ListDevices()) {
     auto* out = resp->add_devices();
     out->set_name(d.name);
@@ -258,6 +290,10 @@ grpc::Status ManagementServiceImpl::GetStatus(grpc::ServerContext*, const pb::Ge
     out->set_max_models(d.max_models);
     out->set_memory_budget_bytes(d.memory_budget_bytes);
     out->set_evict_lru(d.evict_lru);
+    if (auto it = batches.find(d.name); it != batches.end() && it->second.count() > 0) {
+      out->set_mean_batch_size(it->second.sum / static_cast<double>(it->second.count()));
+      out->set_p99_batch_size(it->second.Quantile(0.99));
+    }
   }
   resp->set_workers_alive(manager_->AllWorkersAlive());
   return grpc::Status::OK;

@@ -18,6 +18,7 @@
 
 #include "daemon/reloader.h"
 #include "management.grpc.pb.h"
+#include "daemon/metrics.h"
 #include "manager/model_manager.h"
 
 namespace splitlearnd {
@@ -29,6 +30,7 @@ struct DaemonInfo {
   std::function<std::string()> listen;  // the compute service's bound address
   std::function<bool()> draining;
   std::function<bool()> watching_config;
+  const Metrics* metrics = nullptr;  // traffic figures for status; may be null
 };
 
 // LoadModel with a path: checks the request (path inside model_root, id, device) and
@@ -67,6 +69,8 @@ class ManagementServiceImpl final : public splitlearn::manage::ManagementService
   grpc::Status AwaitLoad(grpc::ServerContext* ctx, const std::string& id, const ModelStatus& before,
                          splitlearn::manage::ModelInfo* resp);
   void Fill(const ModelStatus& s, splitlearn::manage::ModelInfo* out) const;
+  // Requests, errors, latency quantiles and sessions of every model in `models`.
+  void AddTraffic(google::protobuf::RepeatedPtrField<splitlearn::manage::ModelInfo>* models) const;
   std::string management_address() const {
     std::lock_guard<std::mutex> lock(mu_);
     return management_address_;
