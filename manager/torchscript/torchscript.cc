@@ -448,6 +448,14 @@ class TorchScriptModel final : public Model {
     if (!out.ok()) return out.status();
     KVList present;
     if (!ExtractCache(*out, &present)) return Internal("model '" + id_ + "' returned no cache for a session step");
+    // The session outlives the request: a cache that views the request's own bytes
+    // (inputs are wrapped, not copied) must get storage of its own.
+    for (auto& [k, v] : present) {
+      for (const auto& in : inputs) {
+        if (k.is_alias_of(in)) k = k.clone();
+        if (v.is_alias_of(in)) v = v.clone();
+      }
+    }
     const int64_t bytes = KVBytes(present);
     const int64_t others = session_bytes_.load() - session.bytes;
     if (others + bytes > request.session_limits.max_bytes) {
