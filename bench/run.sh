@@ -223,6 +223,8 @@ fi
   echo "blas alternative: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo unknown)"
   echo "python: $($PY -c 'import sys, torch, grpc, numpy; print(sys.version.split()[0], "torch", torch.__version__, "grpcio", grpc.__version__, "numpy", numpy.__version__)')"
   echo "gcc: $(${CXX:-c++} --version | head -1)"
+  echo "splitlearnd binary: built $(date -u -r "$SPLITLEARND" '+%Y-%m-%d %H:%M UTC'); last commit touching daemon/manager/config/proto/common: $(
+    TZ=UTC git -C "$REPO" log -1 --format='%h %cd' --date=format-local:'%Y-%m-%d %H:%M UTC' -- daemon manager config proto common 2>/dev/null || echo unknown)"
   echo "splitlearnd: commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(
     [[ -n "$(git -C "$REPO" status --porcelain -- daemon manager config proto common 2>/dev/null)" ]] &&
     echo " with uncommitted changes in daemon/manager/config/proto/common"), build type $(
@@ -230,16 +232,18 @@ fi
 } >"$WORK/machine.txt"
 
 # ------------------------------------------------------------------ in-process limit
-log "in-process forward (the compute limit)"
-for t in "1 $NPROC" "2 $NPROC" "1 1"; do
-  set -- $t
+# inprocess INTRA BLAS: the compute limit, timed right before the daemon runs with the
+# same thread settings (the machine is shared; adjacent runs see similar load).
+inprocess() {
+  log "in-process forward (the compute limit), intra-op $1, BLAS $2"
+  local m cmd
   for m in tiny trunk; do
     cmd=("$INPROC" --model "$WORK/$m.pt" --shape 1x10x768 --batch 1 8 --duration-s "$INPROC_S"
          --intra-op-threads "$1" --blas-threads "$2" --csv "$INPROC_CSV" --label "intra$1-blas$2")
     record "${cmd[*]}"
     timeout 300 "${cmd[@]}" | sed 's/^/    /'
   done
-done
+}
 
 # ------------------------------------------------------------------ echo: transport limit
 log "echo server (the transport limit)"
@@ -249,17 +253,21 @@ point "" 8x1024x1024 1
 stop_server
 
 # ------------------------------------------------------------------ splitlearnd
+inprocess 1 "$NPROC"
 log "splitlearnd, intra-op 1, BLAS $NPROC (the documented default)"
 start_server splitlearnd "$SPLITLEARND" --config "$WORK/t1.yaml" --log-format text
 loadgen_info() { timeout 30 "$LOADGEN" --target "$SERVER_ADDR" --service-info; }
 loadgen_info >"$WORK/splitlearnd-info.txt"
 point identity 1x10x768 1
 for c in $CONC_TINY; do point tiny 1x10x768 "$c"; done
-# Batching on (max_delay_us 0) vs off for one lone client, interleaved twice.
 point trunk 1x10x768 1
-point trunk-nobatch 1x10x768 1
-SERVER_LABEL=splitlearnd-r2 point trunk 1x10x768 1
-SERVER_LABEL=splitlearnd-r2 point trunk-nobatch 1x10x768 1
+# Batching on (max_delay_us 0) vs off for one lone client: three pairs in the order
+# on off, off on, on off (drift in the machine's load cancels), half-length points.
+half=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", d / 2 }')
+for i in 1 2 3; do
+  order="trunk trunk-nobatch"; [[ "$i" == 2 ]] && order="trunk-nobatch trunk"
+  for m in $order; do SERVER_LABEL="splitlearnd-lone$i" DURATION_S="$half" point "$m" 1x10x768 1; done
+done
 for c in $CONC_TRUNK; do [[ "$c" == 1 ]] || point trunk 1x10x768 "$c"; done
 point trunk-nobatch 1x10x768 8
 point trunk-wait 1x10x768 8
@@ -269,6 +277,7 @@ stop_server
 
 for t in "2 $NPROC t2" "1 1 t3"; do
   set -- $t
+  inprocess "$1" "$2"
   log "splitlearnd, intra-op $1, BLAS $2"
   start_server "splitlearnd-intra$1-blas$2" "$SPLITLEARND" --config "$WORK/$3.yaml" --log-format text
   point tiny 1x10x768 1
