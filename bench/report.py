@@ -586,8 +586,8 @@ def main():
     w("")
     w("```sh")
     w("cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2")
-    w("bench/run.sh build            # full run, about 15 minutes on 2 cores")
-    w("QUICK=1 bench/run.sh build    # about 3 minutes, smoke test only")
+    w("bench/run.sh build            # full run, 11 to 15 minutes on 2 cores")
+    w("QUICK=1 bench/run.sh build    # about 4 minutes, smoke test only")
     w("```")
     w("")
     w("`$BUILD` is the build folder and `$WORK` the scratch folder of the run (configs, shards, logs, raw CSVs; "

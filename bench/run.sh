@@ -4,7 +4,7 @@
 # plots in docs/benchmarks/. See docs/benchmarks.md for what each number means.
 #
 #   bench/run.sh [BUILD_DIR]        # BUILD_DIR default: <repo>/build
-#   QUICK=1 bench/run.sh [BUILD_DIR]  # short points (~3 min), for a smoke test
+#   QUICK=1 bench/run.sh [BUILD_DIR]  # short points (~4 min), for a smoke test
 #
 # Environment: QUICK=1, WAIT_QUIET=N (wait up to N minutes for load average < 1
 # before starting), DURATION_S / WARMUP_S (seconds per load point),
