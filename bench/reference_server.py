@@ -7,7 +7,10 @@ description for side-by-side benchmarks.
   tensor.numpy().tobytes() on the way out;
 - the forward runs under torch.no_grad() through loop.run_in_executor on a
   one-thread ThreadPoolExecutor;
-- no batching: one request, one forward.
+- no batching: one request, one forward;
+- libtorch's thread settings left as torch sets them (intra-op threads = cores, and
+  OpenBLAS's own pool beside it), as the replaced server ran; --threads N sets
+  torch.set_num_threads(N) for a tuned variant.
 
 Usage: reference_server.py --stubs BUILD/python --model shard.pt [--listen 127.0.0.1:0]
 Prints "listening on HOST:PORT" when ready; stops on SIGTERM or SIGINT.
@@ -27,7 +30,8 @@ def main():
     ap.add_argument("--model", action="append", required=True,
                     help="ID=PATH or PATH (id = file name without .pt); repeatable; the first is the default")
     ap.add_argument("--listen", default="127.0.0.1:0")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (intra-op)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads (intra-op); 0 leaves torch's defaults, as the replaced server did")
     args = ap.parse_args()
 
     sys.path.insert(0, args.stubs)
@@ -39,7 +43,8 @@ def main():
 
     # from_numpy over the request's read-only bytes warns once; the old server did this too.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    torch.set_num_threads(args.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     models = {}
     default_id = None
@@ -53,7 +58,7 @@ def main():
         default_id = default_id or mid
 
     executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, initializer=lambda: torch.set_num_threads(args.threads))
+        max_workers=1, initializer=lambda: torch.set_num_threads(args.threads) if args.threads > 0 else None)
     started = time.time()
     counters = {"total": 0}
 

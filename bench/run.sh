@@ -288,12 +288,22 @@ for t in "2 $NPROC t2" "1 1 t3"; do
 done
 
 # ------------------------------------------------------------------ reference (Python)
-log "reference server (Python, grpc.aio + one-thread executor)"
+log "reference server (Python, grpc.aio + one-thread executor, torch's default threads)"
 start_server reference "$PY" "$REPO/bench/reference_server.py" --stubs "$STUBS" \
   --model "tiny=$WORK/tiny.pt" --model "trunk=$WORK/trunk.pt" --model "identity=$WORK/identity.pt"
 for c in $CONC_TINY; do point tiny 1x10x768 "$c"; done
 for c in $CONC_TRUNK; do point trunk 1x10x768 "$c"; done
 point identity 8x1024x1024 1
+stop_server
+# The same server tuned by hand (one intra-op thread): what a user who knew about the
+# two thread pools could get from the old design.
+log "reference server, tuned: torch.set_num_threads(1)"
+start_server reference-1t "$PY" "$REPO/bench/reference_server.py" --stubs "$STUBS" --threads 1 \
+  --model "tiny=$WORK/tiny.pt" --model "trunk=$WORK/trunk.pt"
+point tiny 1x10x768 1
+point tiny 1x10x768 8
+point trunk 1x10x768 1
+point trunk 1x10x768 8
 stop_server
 
 # ------------------------------------------------------------------ memory
