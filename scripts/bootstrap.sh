@@ -14,6 +14,8 @@ case "$mode" in run|test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$repo/build}
 jobs=${JOBS:-$(nproc)}
+# ccache keys on paths relative to the repository, so another clone reuses the objects.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$repo} CCACHE_NOHASHDIR=true
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 

@@ -15,6 +15,8 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(fuzz_compute_request fuzz_config fuzz_management)
 build=${BUILD_DIR:-$repo/build-fuzz}
 jobs=${JOBS:-$(nproc)}
+# ccache keys on paths relative to the repository, so another clone reuses the objects.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$repo} CCACHE_NOHASHDIR=true
 
 CC=clang CXX=clang++ cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DSPLITLEARND_FUZZ=ON -DSPLITLEARND_BUILD_BENCH=OFF -DSPLITLEARND_BUILD_TESTS=OFF >/dev/null

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sanitizer runs of the test suite, each in a build folder of its own.
 #
-#   tests/sanitizers/run.sh address   # ASan+UBSan: the daemon, the C++ unit tests and
-#                                     # the security/fault tests against the real daemon
+#   tests/sanitizers/run.sh address   # ASan+UBSan: everything built instrumented, then the
+#                                     # whole test suite (C++, Python, real daemon)
 #   tests/sanitizers/run.sh thread    # TSan: the parts that need no libtorch (config,
 #                                     # device queue, model manager, codec, gRPC server
 #                                     # with fake models)
@@ -12,6 +12,9 @@
 # the few one-time allocations of theirs that LeakSanitizer reports.
 set -euo pipefail
 
+# ccache keys on paths relative to the repository, so another clone reuses the objects.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(cd "$(dirname "$0")/../.." && pwd)} CCACHE_NOHASHDIR=true
+
 mode=${1:-}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 jobs=${JOBS:-$(nproc)}
@@ -20,9 +23,8 @@ here="$repo/tests/sanitizers"
 case "$mode" in
   address)
     build=${BUILD_DIR:-$repo/build-asan}
-    targets=(splitlearnd splitlearnctl splitlearnd_python_stubs config_test device_queue_test model_manager_test
-             codec_test server_test)
-    tests='^(config|device_queue|model_manager|codec|server): |^security_'
+    targets=(all)
+    tests='.'
     export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=0"
     export LSAN_OPTIONS="suppressions=$here/lsan.supp:print_suppressions=0"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
