@@ -56,6 +56,11 @@ class Parser {
   }
 
   std::string String(const YAML::Node& n, const std::string& key) const { return Scalar<std::string>(n, key, "a string"); }
+  std::string NonEmptyString(const YAML::Node& n, const std::string& key) const {
+    std::string v = String(n, key);
+    if (v.empty()) Fail(n, key, "must not be empty");
+    return v;
+  }
   bool Bool(const YAML::Node& n, const std::string& key) const { return Scalar<bool>(n, key, "true or false"); }
   double Double(const YAML::Node& n, const std::string& key) const { return Scalar<double>(n, key, "a number"); }
   int64_t Int(const YAML::Node& n, const std::string& key, int64_t min, int64_t max) const {
@@ -71,7 +76,7 @@ class Parser {
   ServerConfig ParseServer(const YAML::Node& node) const {
     const std::string k = "server";
     ExpectMap(node, k, {"listen", "management_listen", "metrics_listen", "max_message_bytes", "drain_timeout_s",
-                        "drain_grace_s", "watch_config", "log_level", "max_tensor_elements"});
+                        "drain_grace_s", "watch_config", "log_level", "max_tensor_elements", "tls", "auth"});
     ServerConfig s;
     for (const auto& kv : node) {
       const std::string name = kv.first.as<std::string>();
@@ -100,9 +105,75 @@ class Parser {
         if (!levels.count(s.log_level)) Fail(v, key, "must be one of trace, debug, info, warn, error, critical, off");
       } else if (name == "max_tensor_elements") {
         s.max_tensor_elements = Int(v, key, 1, 1LL << 40);
+      } else if (name == "tls") {
+        s.tls = ParseTls(v);
+      } else if (name == "auth") {
+        s.auth = ParseAuth(v);
       }
     }
     return s;
+  }
+
+  TlsConfig ParseTls(const YAML::Node& node) const {
+    const std::string k = "server.tls";
+    ExpectMap(node, k, {"cert_file", "key_file", "client_ca_file", "require_client_cert"});
+    TlsConfig t;
+    std::optional<bool> require;
+    for (const auto& kv : node) {
+      const std::string field = kv.first.as<std::string>();
+      const std::string key = Join(k, field);
+      if (field == "cert_file") t.cert_file = NonEmptyString(kv.second, key);
+      else if (field == "key_file") t.key_file = NonEmptyString(kv.second, key);
+      else if (field == "client_ca_file") t.client_ca_file = NonEmptyString(kv.second, key);
+      else if (field == "require_client_cert") require = Bool(kv.second, key);
+    }
+    if (t.cert_file.empty()) Fail(node, k, "missing 'cert_file' (the server's PEM certificate chain)");
+    if (t.key_file.empty()) Fail(node, k, "missing 'key_file' (the PEM private key of cert_file)");
+    if (require && *require && t.client_ca_file.empty()) {
+      Fail(node["require_client_cert"], Join(k, "require_client_cert"),
+           "needs 'client_ca_file' (the CA that signs client certificates)");
+    }
+    t.require_client_cert = require.value_or(!t.client_ca_file.empty());
+    return t;
+  }
+
+  AuthMode Mode(const YAML::Node& n, const std::string& key) const {
+    const std::string v = String(n, key);
+    if (v == "token") return AuthMode::kToken;
+    if (v == "none") return AuthMode::kNone;
+    Fail(n, key, "must be token or none");
+  }
+
+  AuthConfig ParseAuth(const YAML::Node& node) const {
+    const std::string k = "server.auth";
+    ExpectMap(node, k, {"token_file", "compute", "management", "management_unix_uids", "management_unix_groups"});
+    AuthConfig a;
+    std::optional<AuthMode> compute;
+    for (const auto& kv : node) {
+      const std::string field = kv.first.as<std::string>();
+      const std::string key = Join(k, field);
+      const YAML::Node& v = kv.second;
+      if (field == "token_file") {
+        a.token_file = NonEmptyString(v, key);
+      } else if (field == "compute") {
+        compute = Mode(v, key);
+      } else if (field == "management") {
+        a.management = Mode(v, key);
+      } else if (field == "management_unix_uids") {
+        if (!v.IsSequence()) Fail(v, key, "expected a list of user ids");
+        a.management_unix_uids.emplace();
+        for (const auto& uid : v) a.management_unix_uids->push_back(static_cast<uint32_t>(Int(uid, key, 0, 4294967294LL)));
+      } else if (field == "management_unix_groups") {
+        if (!v.IsSequence()) Fail(v, key, "expected a list of group names");
+        a.management_unix_groups.emplace();
+        for (const auto& g : v) a.management_unix_groups->push_back(NonEmptyString(g, key));
+      }
+    }
+    if (compute == AuthMode::kToken && a.token_file.empty()) {
+      Fail(node["compute"], Join(k, "compute"), "token needs 'token_file' (the file that lists the tokens)");
+    }
+    a.compute = compute.value_or(a.token_file.empty() ? AuthMode::kNone : AuthMode::kToken);
+    return a;
   }
 
   DeviceConfig ParseDevice(const std::string& name, const YAML::Node& node) const {
@@ -254,6 +325,18 @@ class Parser {
     if (root_dir.is_relative()) root_dir = fs::path(base_dir) / root_dir;
     c.model_root = root_dir.lexically_normal().string();
     if (c.model_root.size() > 1 && c.model_root.back() == '/') c.model_root.pop_back();
+    auto resolve = [&](std::string* path) {
+      if (path->empty()) return;
+      fs::path p(*path);
+      if (p.is_relative()) p = fs::path(base_dir) / p;
+      *path = p.lexically_normal().string();
+    };
+    if (c.server.tls) {
+      resolve(&c.server.tls->cert_file);
+      resolve(&c.server.tls->key_file);
+      resolve(&c.server.tls->client_ca_file);
+    }
+    resolve(&c.server.auth.token_file);
 
     if (const auto devs = root["devices"]) {
       if (!devs.IsMap()) Fail(devs, "devices", "expected a mapping of device name to settings");

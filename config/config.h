@@ -16,6 +16,28 @@
 
 namespace splitlearnd {
 
+// TLS on every TCP listener (compute and management); Unix sockets stay plaintext.
+// Paths are absolute once loaded (relative ones resolve against the config's folder).
+struct TlsConfig {
+  std::string cert_file;       // PEM chain, leaf first
+  std::string key_file;        // PEM private key of the leaf
+  std::string client_ca_file;  // empty: no client certificates (no mutual TLS)
+  bool require_client_cert = false;  // true by default when client_ca_file is set
+};
+
+enum class AuthMode { kToken, kNone };
+
+// Bearer tokens and who may use the management service.
+struct AuthConfig {
+  std::string token_file;  // empty: no tokens; absolute once loaded
+  AuthMode compute = AuthMode::kNone;  // default: kToken when token_file is set
+  AuthMode management = AuthMode::kToken;  // over TCP; kNone is an explicit opt-out
+  // Peers of a Unix management socket. Unset: root and the daemon's own uid, and the
+  // daemon's primary group.
+  std::optional<std::vector<uint32_t>> management_unix_uids;
+  std::optional<std::vector<std::string>> management_unix_groups;
+};
+
 struct ServerConfig {
   std::string listen = "0.0.0.0:50051";
   std::string management_listen;  // empty: no management listener
@@ -28,6 +50,8 @@ struct ServerConfig {
   std::string log_level = "info";
   // Largest element count accepted in one input tensor.
   int64_t max_tensor_elements = 1LL << 28;
+  std::optional<TlsConfig> tls;  // unset: plaintext
+  AuthConfig auth;
 };
 
 // Settings of one device ("cpu", "cuda:0", ...). Thread counts are process-wide in

@@ -21,6 +21,8 @@ DOC = os.path.join(SOURCE_DIR, "docs", "configuration.md")
 METHOD_PREFIX = {
     "Parse": "",
     "ParseServer": "server.",
+    "ParseTls": "server.tls.",
+    "ParseAuth": "server.auth.",
     "ParseDevice": "devices.<name>.",
     "ParseTensorSpec": "models[].warmup.inputs[].",
     "ParseModel": "models[].",

@@ -144,3 +144,93 @@ TEST_CASE("a missing config file is NOT_FOUND") {
   REQUIRE_FALSE(c.ok());
   CHECK(c.status().code() == StatusCode::kNotFound);
 }
+
+TEST_CASE("server.tls and server.auth parse, with defaults and paths resolved against the config's folder") {
+  TempDir dir;
+  SECTION("absent: plaintext, no tokens, management needs a token over TCP") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: m.pt}\n");
+    REQUIRE(c.ok());
+    CHECK_FALSE(c->server.tls.has_value());
+    CHECK(c->server.auth.token_file.empty());
+    CHECK(c->server.auth.compute == AuthMode::kNone);
+    CHECK(c->server.auth.management == AuthMode::kToken);
+    CHECK_FALSE(c->server.auth.management_unix_uids.has_value());
+    CHECK_FALSE(c->server.auth.management_unix_groups.has_value());
+  }
+  SECTION("everything set") {
+    auto c = Parse(dir, R"(
+server:
+  tls: {cert_file: tls/server.pem, key_file: /etc/k.pem, client_ca_file: ca.pem, require_client_cert: false}
+  auth:
+    token_file: tokens
+    compute: none
+    management: none
+    management_unix_uids: [0, 1000]
+    management_unix_groups: [splitlearnd, adm]
+models:
+  - {id: a, path: m.pt}
+)");
+    REQUIRE(c.ok());
+    REQUIRE(c->server.tls.has_value());
+    CHECK(c->server.tls->cert_file == (dir.path / "tls/server.pem").string());
+    CHECK(c->server.tls->key_file == "/etc/k.pem");
+    CHECK(c->server.tls->client_ca_file == (dir.path / "ca.pem").string());
+    CHECK_FALSE(c->server.tls->require_client_cert);
+    CHECK(c->server.auth.token_file == (dir.path / "tokens").string());
+    CHECK(c->server.auth.compute == AuthMode::kNone);
+    CHECK(c->server.auth.management == AuthMode::kNone);
+    CHECK(*c->server.auth.management_unix_uids == std::vector<uint32_t>{0, 1000});
+    CHECK(*c->server.auth.management_unix_groups == std::vector<std::string>{"splitlearnd", "adm"});
+  }
+  SECTION("a client CA requires client certificates unless told otherwise") {
+    auto c = Parse(dir, "server:\n  tls: {cert_file: c, key_file: k, client_ca_file: ca}\nmodels:\n  - {id: a, path: m.pt}\n");
+    REQUIRE(c.ok());
+    CHECK(c->server.tls->require_client_cert);
+  }
+  SECTION("a token file turns compute tokens on") {
+    auto c = Parse(dir, "server:\n  auth: {token_file: t}\nmodels:\n  - {id: a, path: m.pt}\n");
+    REQUIRE(c.ok());
+    CHECK(c->server.auth.compute == AuthMode::kToken);
+    CHECK(c->server.auth.management == AuthMode::kToken);
+  }
+  SECTION("empty lists allow no uid and no group") {
+    auto c = Parse(dir, "server:\n  auth: {management_unix_uids: [], management_unix_groups: []}\n"
+                        "models:\n  - {id: a, path: m.pt}\n");
+    REQUIRE(c.ok());
+    REQUIRE(c->server.auth.management_unix_uids.has_value());
+    CHECK(c->server.auth.management_unix_uids->empty());
+    CHECK(c->server.auth.management_unix_groups->empty());
+  }
+}
+
+TEST_CASE("server.tls and server.auth errors name file, line, column and key") {
+  TempDir dir;
+  auto error = [&](const std::string& server) {
+    auto c = Parse(dir, "server:\n" + server + "models:\n  - {id: a, path: m.pt}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK(c.status().code() == StatusCode::kInvalidArgument);
+    return c.status().message();
+  };
+  CHECK_THAT(error("  tls: {key_file: k}\n"), Catch::Contains("test.yaml:2:8") && Catch::Contains("'server.tls'") &&
+                                                    Catch::Contains("cert_file"));
+  CHECK_THAT(error("  tls: {cert_file: c}\n"), Catch::Contains("'server.tls'") && Catch::Contains("key_file"));
+  CHECK_THAT(error("  tls: {cert_file: c, key_file: k, require_client_cert: true}\n"),
+             Catch::Contains("test.yaml:2:57") && Catch::Contains("server.tls.require_client_cert") &&
+                 Catch::Contains("client_ca_file"));
+  CHECK_THAT(error("  tls: {cert_file: c, key_file: k, ca: x}\n"),
+             Catch::Contains("server.tls.ca") && Catch::Contains("unknown key"));
+  CHECK_THAT(error("  tls: {cert_file: '', key_file: k}\n"),
+             Catch::Contains("server.tls.cert_file") && Catch::Contains("must not be empty"));
+  CHECK_THAT(error("  auth: {compute: token}\n"),
+             Catch::Contains("test.yaml:2:19") && Catch::Contains("server.auth.compute") &&
+                 Catch::Contains("token_file"));
+  CHECK_THAT(error("  auth: {compute: maybe}\n"),
+             Catch::Contains("server.auth.compute") && Catch::Contains("token or none"));
+  CHECK_THAT(error("  auth: {management: off}\n"),
+             Catch::Contains("server.auth.management") && Catch::Contains("token or none"));
+  CHECK_THAT(error("  auth: {management_unix_uids: [-1]}\n"), Catch::Contains("server.auth.management_unix_uids"));
+  CHECK_THAT(error("  auth: {management_unix_uids: 0}\n"),
+             Catch::Contains("server.auth.management_unix_uids") && Catch::Contains("list"));
+  CHECK_THAT(error("  auth: {management_unix_groups: [[x]]}\n"), Catch::Contains("server.auth.management_unix_groups"));
+  CHECK_THAT(error("  auth: {tokens: x}\n"), Catch::Contains("server.auth.tokens") && Catch::Contains("unknown key"));
+}
