@@ -164,12 +164,32 @@ ComputeServiceImpl::~ComputeServiceImpl() {
   maintenance_.join();
 }
 
+grpc::Status ComputeServiceImpl::Authorize(grpc::CallbackServerContext* ctx) {
+  if (!auth_) return grpc::Status::OK;
+  grpc::Status s = auth_->Check(*ctx, Scope::kCompute, Transport::kNetwork);
+  if (!s.ok()) {
+    total_requests_.fetch_add(1, std::memory_order_relaxed);
+    failed_requests_.fetch_add(1, std::memory_order_relaxed);
+    if (observer_) observer_->OnRequestDone("", static_cast<StatusCode>(s.error_code()), nullptr);
+  }
+  return s;
+}
+
+grpc::ServerUnaryReactor* ComputeServiceImpl::Refuse(grpc::CallbackServerContext* ctx) {
+  grpc::Status s = Authorize(ctx);
+  if (s.ok()) return nullptr;
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(s);
+  return reactor;
+}
+
 double ComputeServiceImpl::UptimeSeconds() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
 }
 
 grpc::ServerUnaryReactor* ComputeServiceImpl::Compute(grpc::CallbackServerContext* ctx, const pb::ComputeRequest* req,
                                                       pb::ComputeResponse* resp) {
+  if (auto* refused = Refuse(ctx)) return refused;
   auto* call = new DeviceCall(this, ctx);
   if (req->has_request_id()) call->set_client_request_id(req->request_id());
   if (!call->Enter()) return call;
@@ -200,6 +220,7 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::Compute(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ComputeServiceImpl::ComputeBackward(grpc::CallbackServerContext* ctx,
                                                               const pb::BackwardRequest* req,
                                                               pb::BackwardResponse* resp) {
+  if (auto* refused = Refuse(ctx)) return refused;
   auto* call = new DeviceCall(this, ctx);
   if (!call->Enter()) return call;
   auto route = call->Lookup(req->model_id());
@@ -228,6 +249,7 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::ComputeBackward(grpc::CallbackServ
 grpc::ServerUnaryReactor* ComputeServiceImpl::OpenSession(grpc::CallbackServerContext* ctx,
                                                           const pb::OpenSessionRequest* req,
                                                           pb::OpenSessionResponse* resp) {
+  if (auto* refused = Refuse(ctx)) return refused;
   auto* call = new DeviceCall(this, ctx);
   if (!call->Enter()) return call;
   auto route = call->Lookup(req->model_id());
@@ -257,6 +279,7 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::OpenSession(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* ComputeServiceImpl::CloseSession(grpc::CallbackServerContext* ctx,
                                                            const pb::CloseSessionRequest* req,
                                                            pb::CloseSessionResponse* resp) {
+  if (auto* refused = Refuse(ctx)) return refused;
   auto* call = new DeviceCall(this, ctx);
   if (!call->Enter()) return call;
   auto route = call->Lookup(req->model_id());
@@ -279,6 +302,7 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::CloseSession(grpc::CallbackServerC
 grpc::ServerUnaryReactor* ComputeServiceImpl::SaveCheckpoint(grpc::CallbackServerContext* ctx,
                                                              const pb::CheckpointRequest* req,
                                                              pb::CheckpointResponse* resp) {
+  if (auto* refused = Refuse(ctx)) return refused;
   auto* call = new DeviceCall(this, ctx);
   if (!call->Enter()) return call;
   auto route = call->Lookup(req->model_id());
@@ -308,6 +332,11 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
         ctx_(ctx),
         cancelled_(std::make_shared<std::atomic<bool>>(false)),
         serial_(next_request_serial.fetch_add(1, std::memory_order_relaxed)) {
+    if (auto refused = service_->Authorize(ctx); !refused.ok()) {
+      gated_ = false;
+      Finish(refused);
+      return;
+    }
     if (!service_->gate_.TryEnter()) {
       gated_ = false;
       Finish(ToGrpc(Unavailable("splitlearnd is draining and takes no new requests")));
@@ -445,6 +474,7 @@ void ComputeServiceImpl::MaintenanceLoop() {
 
 grpc::ServerUnaryReactor* ComputeServiceImpl::HealthCheck(grpc::CallbackServerContext* ctx, const pb::HealthRequest*,
                                                           pb::HealthResponse* resp) {
+  if (auto* refused = Refuse(ctx)) return refused;
   size_t ready = 0, total = 0;
   std::string problems;
   for (const auto& m : manager_->ListModels()) {
@@ -472,6 +502,7 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::HealthCheck(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* ComputeServiceImpl::GetServiceInfo(grpc::CallbackServerContext* ctx,
                                                              const pb::ServiceInfoRequest*,
                                                              pb::ServiceInfoResponse* resp) {
+  if (auto* refused = Refuse(ctx)) return refused;
   resp->set_service_name("splitlearnd");
   resp->set_version(version_);
   std::string devices;

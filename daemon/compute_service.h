@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "compute.grpc.pb.h"
+#include "daemon/auth.h"
 #include "daemon/codec.h"
 #include "manager/model_manager.h"
 
@@ -76,6 +77,8 @@ class ComputeServiceImpl final : public splitlearn::comm::ComputeService::Callba
 
   CallGate& gate() { return gate_; }
   void set_observer(RequestObserver* observer) { observer_ = observer; }
+  // Before any call can arrive; null (the default): no checks.
+  void set_authenticator(const Authenticator* auth) { auth_ = auth; }
   void set_extra_info(std::map<std::string, std::string> info) { extra_info_ = std::move(info); }
   uint64_t total_requests() const { return total_requests_.load(); }
 
@@ -83,6 +86,10 @@ class ComputeServiceImpl final : public splitlearn::comm::ComputeService::Callba
   friend class DeviceCall;
   friend class GenerateCall;
   double UptimeSeconds() const;
+  // Null when the call may go on; otherwise a reactor already finished with the refusal.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx);
+  // OK, or why the call is refused (counted as a failed request).
+  grpc::Status Authorize(grpc::CallbackServerContext* ctx);
   // Every second: lets each model expire idle sessions and old training graphs, on
   // its own device worker.
   void MaintenanceLoop();
@@ -94,6 +101,7 @@ class ComputeServiceImpl final : public splitlearn::comm::ComputeService::Callba
   std::map<std::string, std::string> extra_info_;
   CallGate gate_;
   RequestObserver* observer_ = nullptr;
+  const Authenticator* auth_ = nullptr;
   std::atomic<uint64_t> total_requests_{0};
   std::atomic<uint64_t> failed_requests_{0};
 

@@ -18,6 +18,7 @@
 #include <memory>
 
 #include "config/config.h"
+#include "daemon/auth.h"
 #include "daemon/config_watcher.h"
 #include "daemon/logging.h"
 #include "daemon/management_service.h"
@@ -25,6 +26,7 @@
 #include "daemon/notifier.h"
 #include "daemon/reloader.h"
 #include "daemon/server.h"
+#include "daemon/tls.h"
 #include "manager/model_manager.h"
 #include "manager/torchscript/torchscript.h"
 
@@ -54,6 +56,73 @@ void LogModelStates(const ModelManager& manager) {
       spdlog::error("model '{}' keeps version {}; its new version failed: {}", m.id, m.version, m.last_error);
     }
   }
+}
+
+bool IsUnixAddress(const std::string& address) { return address.rfind("unix:", 0) == 0; }
+
+// Start: reads the token file and the TLS files and puts them in force; warns about
+// settings that leave something open.
+Status SetUpSecurity(const Config& config, Authenticator* auth, std::unique_ptr<TlsServer>* tls) {
+  std::vector<std::string> warnings;
+  auto policy = Authenticator::Prepare(config.server.auth, &warnings);
+  for (const auto& w : warnings) spdlog::warn("{}", w);
+  if (!policy.ok()) return policy.status();
+  auth->Install(*policy);
+  warnings.clear();
+  if (config.server.tls) {
+    auto started = TlsServer::Start(*config.server.tls, &warnings);
+    for (const auto& w : warnings) spdlog::warn("{}", w);
+    if (!started.ok()) return started.status();
+    *tls = std::move(started.value());
+    const auto& t = *config.server.tls;
+    spdlog::info("TLS on the TCP listeners ({}), served from {}", t.client_ca_file.empty() ? "no client certificates"
+                 : t.require_client_cert ? "client certificates required" : "client certificates verified when sent",
+                 (*tls)->folder());
+  }
+  const auto& a = config.server.auth;
+  const bool tcp_management = !config.server.management_listen.empty() && !IsUnixAddress(config.server.management_listen);
+  if (tcp_management && a.management == AuthMode::kToken && a.token_file.empty()) {
+    spdlog::warn("management listens on TCP ({}) but no server.auth.token_file is set: every management call over "
+                 "it will be refused (UNAUTHENTICATED)", config.server.management_listen);
+  }
+  if (tcp_management && a.management == AuthMode::kNone) {
+    spdlog::warn("server.auth.management is none: anyone who reaches {} can steer the daemon",
+                 config.server.management_listen);
+  }
+  if (!config.server.tls && !a.token_file.empty() && (a.compute == AuthMode::kToken || tcp_management)) {
+    spdlog::warn("tokens are sent in clear text over TCP without server.tls");
+  }
+  return Status::Ok();
+}
+
+// Reload: checks the new token file and TLS files first, then puts both in force; an
+// error changes nothing (the previous tokens and certificate stay).
+Status ReloadSecurity(const Config& previous, const Config& next, Authenticator* auth, TlsServer* tls,
+                      std::vector<std::string>* warnings) {
+  std::vector<std::string> notes;
+  auto policy = Authenticator::Prepare(next.server.auth, &notes);
+  std::optional<TlsMaterial> material;
+  Status checked = policy.status();
+  if (checked.ok() && tls && next.server.tls) {
+    auto m = tls->Prepare(*next.server.tls, &notes);
+    checked = m.status();
+    if (m.ok()) material = std::move(m.value());
+  }
+  for (const auto& n : notes) spdlog::warn("{}", n);
+  if (!checked.ok()) return checked;
+  warnings->insert(warnings->end(), notes.begin(), notes.end());
+  if (material) {
+    auto changed = tls->Install(*material);
+    if (!changed.ok()) return changed.status();
+    if (*changed) spdlog::info("TLS: now serving {}", material->summary);
+  }
+  auth->Install(*policy);
+  if (previous.server.auth.compute != next.server.auth.compute) {
+    warnings->push_back("server.auth.compute changed: calls are checked accordingly from now on; gRPC reflection on "
+                        "the compute listener is turned on or off at the next restart");
+    spdlog::warn("{}", warnings->back());
+  }
+  return Status::Ok();
 }
 
 int Run(const Options& opt) {
@@ -88,6 +157,15 @@ int Run(const Options& opt) {
   Config config = std::move(loaded.value());
   if (!opt.listen.empty()) config.server.listen = opt.listen;
 
+  // Tokens and TLS before anything listens: a bad file refuses to start.
+  Authenticator authenticator;
+  std::unique_ptr<TlsServer> tls;
+  if (auto s = SetUpSecurity(config, &authenticator, &tls); !s.ok()) {
+    spdlog::critical("{}", s.message());
+    notifier.Status("cannot start: " + s.message());
+    return 1;
+  }
+
   const DeviceConfig& cpu = config.Device("cpu");
   ConfigureTorchThreads(ThreadSettings{cpu.intra_op_threads, cpu.inter_op_threads, cpu.blas_threads});
   const ThreadSettings threads = EffectiveTorchThreads();
@@ -120,6 +198,8 @@ int Run(const Options& opt) {
   server_options.max_message_bytes = config.server.max_message_bytes;
   server_options.limits.max_elements = config.server.max_tensor_elements;
   server_options.version = SPLITLEARND_VERSION;
+  server_options.credentials = tls ? tls->credentials() : nullptr;
+  server_options.authenticator = &authenticator;
   Server server(&manager, server_options);
   server.compute().set_extra_info({{"torch", TorchBuildSummary()},
                                    {"threads.intra_op", std::to_string(threads.intra_op_threads)},
@@ -151,6 +231,9 @@ int Run(const Options& opt) {
   ConfigReloader::Options reload_options;
   reload_options.config_path = opt.config;
   reload_options.listen_override = opt.listen;
+  reload_options.before_apply = [&](const Config& previous, const Config& next, std::vector<std::string>* warnings) {
+    return ReloadSecurity(previous, next, &authenticator, tls.get(), warnings);
+  };
   ConfigReloader reloader(
       reload_options, config, config_fingerprint, &manager, &notifier,
       [&](const Config& previous, const Config& next, const ReloadReport& report) {
@@ -171,8 +254,8 @@ int Run(const Options& opt) {
   info.metrics = metrics.get();
   std::unique_ptr<ManagementServer> management;
   if (!config.server.management_listen.empty()) {
-    management = std::make_unique<ManagementServer>(&manager, &reloader, info);
-    if (auto s = management->Start(config.server.management_listen); !s.ok()) {
+    management = std::make_unique<ManagementServer>(&manager, &reloader, info, &authenticator);
+    if (auto s = management->Start(config.server.management_listen, tls ? tls->credentials() : nullptr); !s.ok()) {
       spdlog::critical("management service: {}", s.message());
       server.Shutdown();
       return 1;
@@ -303,6 +386,15 @@ int main(int argc, char** argv) {
     auto c = LoadConfigFile(opt.check_config);
     if (!c.ok()) {
       std::fprintf(stderr, "%s\n", c.status().message().c_str());
+      return 1;
+    }
+    // The files the config points to must be good too.
+    std::vector<std::string> warnings;
+    Status files = Authenticator::Prepare(c->server.auth, &warnings).status();
+    if (files.ok() && c->server.tls) files = LoadTlsMaterial(*c->server.tls, &warnings).status();
+    for (const auto& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    if (!files.ok()) {
+      std::fprintf(stderr, "%s\n", files.message().c_str());
       return 1;
     }
     std::printf("%s: OK (%zu model(s))\n", opt.check_config.c_str(), c->models.size());

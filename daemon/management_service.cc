@@ -1,7 +1,12 @@
 #include "daemon/management_service.h"
 
+#include <grpcpp/server_builder.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +18,7 @@
 #include <thread>
 
 #include "daemon/logging.h"
+#include "daemon/server.h"
 
 namespace splitlearnd {
 namespace pb = splitlearn::manage;
@@ -95,8 +101,9 @@ StatusOr<ModelConfig> ModelForLoadPath(const Config& config, const pb::LoadModel
   return model;
 }
 
-ManagementServiceImpl::ManagementServiceImpl(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info)
-    : manager_(manager), reloader_(reloader), info_(std::move(info)) {}
+ManagementServiceImpl::ManagementServiceImpl(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info,
+                                             const Authenticator* auth)
+    : manager_(manager), reloader_(reloader), info_(std::move(info)), auth_(auth) {}
 
 void ManagementServiceImpl::Fill(const ModelStatus& s, pb::ModelInfo* out) const {
   out->set_id(s.id);
@@ -118,8 +125,9 @@ void ManagementServiceImpl::Fill(const ModelStatus& s, pb::ModelInfo* out) const
   out->set_max_batch_size(s.max_batch_size);
 }
 
-grpc::Status ManagementServiceImpl::ListModels(grpc::ServerContext*, const pb::ListModelsRequest*,
+grpc::Status ManagementServiceImpl::ListModels(grpc::ServerContext* ctx, const pb::ListModelsRequest*,
                                                pb::ListModelsResponse* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   for (const auto& m : manager_->ListModels()) Fill(m, resp->add_models());
   for (const auto& m : manager_->ListDraining()) Fill(m, resp->add_draining());
   AddTraffic(resp->mutable_models());
@@ -150,8 +158,9 @@ void ManagementServiceImpl::AddTraffic(google::protobuf::RepeatedPtrField<pb::Mo
   }
 }
 
-grpc::Status ManagementServiceImpl::GetModel(grpc::ServerContext*, const pb::GetModelRequest* req,
+grpc::Status ManagementServiceImpl::GetModel(grpc::ServerContext* ctx, const pb::GetModelRequest* req,
                                              pb::ModelInfo* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   auto s = manager_->GetModel(req->id());
   if (!s) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown model '" + req->id() + "'");
   Fill(*s, resp);
@@ -182,6 +191,7 @@ grpc::Status ManagementServiceImpl::AwaitLoad(grpc::ServerContext* ctx, const st
 
 grpc::Status ManagementServiceImpl::LoadModel(grpc::ServerContext* ctx, const pb::LoadModelRequest* req,
                                               pb::ModelInfo* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   const Config config = reloader_->current();
   ModelConfig model;
   bool from_config = false;
@@ -211,8 +221,9 @@ grpc::Status ManagementServiceImpl::LoadModel(grpc::ServerContext* ctx, const pb
   return AwaitLoad(ctx, model.id, before, resp);
 }
 
-grpc::Status ManagementServiceImpl::UnloadModel(grpc::ServerContext*, const pb::UnloadModelRequest* req,
+grpc::Status ManagementServiceImpl::UnloadModel(grpc::ServerContext* ctx, const pb::UnloadModelRequest* req,
                                                 pb::ModelInfo* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   auto before = manager_->GetModel(req->id());
   if (auto s = manager_->Unload(req->id()); !s.ok()) return Grpc(s);
   spdlog::info("UnloadModel '{}'", req->id());
@@ -228,6 +239,7 @@ grpc::Status ManagementServiceImpl::UnloadModel(grpc::ServerContext*, const pb::
 
 grpc::Status ManagementServiceImpl::ReloadModel(grpc::ServerContext* ctx, const pb::ReloadModelRequest* req,
                                                 pb::ModelInfo* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   auto before = manager_->GetModel(req->id());
   if (!before) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown model '" + req->id() + "'");
   if (auto s = manager_->Reload(req->id()); !s.ok()) return Grpc(s);
@@ -241,6 +253,7 @@ grpc::Status ManagementServiceImpl::ReloadModel(grpc::ServerContext* ctx, const 
 
 grpc::Status ManagementServiceImpl::ReloadConfig(grpc::ServerContext* ctx, const pb::ReloadConfigRequest*,
                                                  pb::ReloadResult* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   auto result = reloader_->Request("ReloadConfig");
   const auto until = WaitUntil(ctx, std::chrono::minutes(30));
   while (result.wait_for(std::chrono::milliseconds(200)) != std::future_status::ready) {
@@ -253,8 +266,9 @@ grpc::Status ManagementServiceImpl::ReloadConfig(grpc::ServerContext* ctx, const
   return grpc::Status::OK;
 }
 
-grpc::Status ManagementServiceImpl::GetStatus(grpc::ServerContext*, const pb::GetStatusRequest*,
+grpc::Status ManagementServiceImpl::GetStatus(grpc::ServerContext* ctx, const pb::GetStatusRequest*,
                                               pb::StatusResponse* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   const Config config = reloader_->current();
   resp->set_version(info_.version);
   resp->set_pid(static_cast<int64_t>(getpid()));
@@ -299,8 +313,9 @@ grpc::Status ManagementServiceImpl::GetStatus(grpc::ServerContext*, const pb::Ge
   return grpc::Status::OK;
 }
 
-grpc::Status ManagementServiceImpl::SetLogLevel(grpc::ServerContext*, const pb::SetLogLevelRequest* req,
+grpc::Status ManagementServiceImpl::SetLogLevel(grpc::ServerContext* ctx, const pb::SetLogLevelRequest* req,
                                                 pb::SetLogLevelResponse* resp) {
+  if (auto denied = Authorize(ctx); !denied.ok()) return denied;
   const auto previous = spdlog::level::to_string_view(spdlog::get_level());
   resp->set_previous(std::string(previous.data(), previous.size()));
   if (auto s = splitlearnd::SetLogLevel(req->level()); !s.ok()) return Grpc(s);
@@ -309,36 +324,80 @@ grpc::Status ManagementServiceImpl::SetLogLevel(grpc::ServerContext*, const pb::
   return grpc::Status::OK;
 }
 
-ManagementServer::ManagementServer(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info)
-    : service_(manager, reloader, std::move(info)) {}
+ManagementServer::ManagementServer(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info,
+                                   const Authenticator* auth)
+    : service_(manager, reloader, std::move(info), auth), auth_(auth) {}
 
 ManagementServer::~ManagementServer() { Shutdown(); }
 
-Status ManagementServer::Start(const std::string& address) {
+Status ManagementServer::ListenUnix(const std::string& address, const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return Unavailable("cannot listen on " + address + ": the path is empty or longer than " +
+                       std::to_string(sizeof(addr.sun_path) - 1) + " bytes");
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());  // a stale socket
+  listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) return Unavailable("cannot listen on " + address + ": " + std::strerror(errno));
+  // Not reachable by anyone until chmod below: bind under a tight umask.
+  const mode_t old_mask = umask(0177);
+  const int bound = bind(listen_fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+  const int bind_errno = errno;
+  umask(old_mask);
+  if (bound != 0) return Unavailable("cannot listen on " + address + ": " + std::strerror(bind_errno));
+  socket_path_ = path;
+  if (chmod(path.c_str(), 0660) != 0) spdlog::warn("cannot chmod {}: {}", path, std::strerror(errno));
+  if (listen(listen_fd_, 64) != 0) return Unavailable("cannot listen on " + address + ": " + std::strerror(errno));
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return Internal(std::string("eventfd: ") + std::strerror(errno));
+  return Status::Ok();
+}
+
+Status ManagementServer::Start(const std::string& address, std::shared_ptr<grpc::ServerCredentials> tcp_credentials) {
   const bool unix_socket = address.rfind("unix:", 0) == 0;
-  std::string socket_path;
+  grpc::ServerBuilder builder;
+  int port = 0;
   if (unix_socket) {
-    socket_path = address.substr(5);
+    std::string socket_path = address.substr(5);
     if (socket_path.rfind("//", 0) == 0) socket_path = socket_path.substr(2);
     const auto dir = std::filesystem::path(socket_path).parent_path();
     std::error_code ec;
     if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) {
       return Unavailable("cannot listen on " + address + ": directory " + dir.string() + " does not exist");
     }
+    if (auto s = ListenUnix(address, socket_path); !s.ok()) {
+      Shutdown();
+      return s;
+    }
+    // The daemon accepts; gRPC gets only the connections of allowed peers.
+    acceptor_ = builder.experimental().AddExternalConnectionAcceptor(
+        grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, grpc::InsecureServerCredentials());
+    service_.set_transport(Transport::kCheckedUnixPeer);
+  } else {
+    builder.AddListeningPort(address, tcp_credentials ? tcp_credentials : grpc::InsecureServerCredentials(), &port);
+    service_.set_transport(Transport::kNetwork);
+    // Reflection would answer without a token.
+    if (auth_->policy()->config.management == AuthMode::kToken) {
+      builder.SetOption(WithoutReflection());
+    }
   }
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service_);
   // A few threads are plenty; LoadModel and ReloadConfig may block one each.
   grpc::ResourceQuota quota("splitlearnd-management");
   quota.SetMaxThreads(8);
   builder.SetResourceQuota(quota);
   server_ = builder.BuildAndStart();
-  if (!server_) return Unavailable("cannot listen on " + address);
+  if (!server_) {
+    Shutdown();
+    return Unavailable("cannot listen on " + address);
+  }
   if (unix_socket) {
     bound_address_ = address;
-    if (chmod(socket_path.c_str(), 0660) != 0) spdlog::warn("cannot chmod {}: {}", socket_path, std::strerror(errno));
+    accept_thread_ = std::thread([this] { AcceptLoop(); });
+    spdlog::info("management socket {}: peers allowed: {}", socket_path_, auth_->policy()->unix_peers.description);
   } else {
     if (port == 0) {
       server_.reset();
@@ -350,11 +409,69 @@ Status ManagementServer::Start(const std::string& address) {
   return Status::Ok();
 }
 
+void ManagementServer::AcceptLoop() {
+  pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  while (true) {
+    fds[0].revents = fds[1].revents = 0;
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("management socket: poll: {}", std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents) return;
+    if (!(fds[0].revents & POLLIN)) continue;
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        spdlog::warn("management socket: accept: {}", std::strerror(errno));
+        poll(&fds[1], 1, 100);  // back off, but wake for shutdown
+      }
+      continue;  // EAGAIN, EINTR, ECONNABORTED: nothing to accept
+    }
+    ucred peer{};
+    socklen_t len = sizeof peer;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) {
+      spdlog::warn("management socket: refused a connection: cannot read the peer's credentials: {}",
+                   std::strerror(errno));
+      close(fd);
+      continue;
+    }
+    if (!auth_->AllowsUnixPeer(peer.uid, peer.gid)) {
+      spdlog::warn("management socket: refused a connection from uid {} (gid {}, pid {}): not in "
+                   "server.auth.management_unix_uids nor in a group of server.auth.management_unix_groups",
+                   peer.uid, peer.gid, peer.pid);
+      close(fd);
+      continue;
+    }
+    spdlog::debug("management socket: connection from uid {} (pid {})", peer.uid, peer.pid);
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters params;
+    params.listener_fd = listen_fd_;
+    params.fd = fd;  // gRPC owns it now
+    acceptor_->HandleNewConnection(&params);
+  }
+}
+
 void ManagementServer::Shutdown() {
-  if (!server_) return;
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  server_->Wait();
-  server_.reset();
+  if (accept_thread_.joinable()) {
+    const uint64_t one = 1;
+    if (write(wake_fd_, &one, sizeof one) < 0) spdlog::warn("management socket: cannot wake the accept thread");
+    accept_thread_.join();
+  }
+  if (listen_fd_ >= 0) {
+    close(listen_fd_);
+    listen_fd_ = -1;
+    if (!socket_path_.empty()) unlink(socket_path_.c_str());
+  }
+  if (wake_fd_ >= 0) {
+    close(wake_fd_);
+    wake_fd_ = -1;
+  }
+  if (server_) {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    server_->Wait();
+    server_.reset();
+  }
+  acceptor_.reset();
 }
 
 }  // namespace splitlearnd

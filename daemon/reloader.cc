@@ -117,6 +117,18 @@ std::vector<std::string> ConfigReloader::RestartOnlyChanges(const Config& a, con
   if (a.server.metrics_listen != b.server.metrics_listen) note("server.metrics_listen");
   if (a.server.max_message_bytes != b.server.max_message_bytes) note("server.max_message_bytes");
   if (a.server.max_tensor_elements != b.server.max_tensor_elements) note("server.max_tensor_elements");
+  if (a.server.tls.has_value() != b.server.tls.has_value()) {
+    w.push_back(std::string("server.tls ") + (b.server.tls ? "added" : "removed") +
+                "; TLS is turned on or off at the next restart (until then the listeners stay as they are" +
+                (a.server.tls ? " and the previous certificate keeps serving)" : ")"));
+  } else if (a.server.tls && b.server.tls) {
+    if (a.server.tls->client_ca_file.empty() != b.server.tls->client_ca_file.empty()) {
+      w.push_back(std::string("server.tls.client_ca_file ") + (b.server.tls->client_ca_file.empty() ? "removed" : "added") +
+                  "; mutual TLS is turned on or off at the next restart");
+    } else if (a.server.tls->require_client_cert != b.server.tls->require_client_cert) {
+      note("server.tls.require_client_cert");
+    }
+  }
   for (const auto& [name, d] : b.devices) {
     auto it = a.devices.find(name);
     if (it == a.devices.end()) continue;
@@ -151,10 +163,21 @@ ReloadReport ConfigReloader::Run(const std::string& trigger) {
     read_fingerprint_ = FingerprintFile(options_.config_path);  // before reading: a later save is seen
   }
   auto next = LoadConfigFile(options_.config_path);
+  std::vector<std::string> prepare_warnings;
+  bool refused_files = false;  // the file is valid; a file it names is not
+  if (next.ok() && options_.before_apply) {
+    Config candidate = next.value();
+    if (!options_.listen_override.empty()) candidate.server.listen = options_.listen_override;
+    if (auto s = options_.before_apply(previous, candidate, &prepare_warnings); !s.ok()) {
+      next = s;
+      refused_files = true;
+    }
+  }
   if (!next.ok()) {
     r.ok = false;
     r.config_valid = false;
-    r.message = "invalid config, nothing changed: " + next.status().message();
+    r.message = (refused_files ? "reload refused, nothing changed: " : "invalid config, nothing changed: ") +
+                next.status().message();
     spdlog::error("reload refused, still serving the previous config: {}", next.status().message());
     if (notify) notifier_->Ready("reload failed: " + next.status().message() + "; " + Summary(*manager_));
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -164,6 +187,7 @@ ReloadReport ConfigReloader::Run(const std::string& trigger) {
     if (!options_.listen_override.empty()) config.server.listen = options_.listen_override;
     r.warnings = RestartOnlyChanges(previous, config);
     for (const auto& w : r.warnings) spdlog::warn("{}", w);
+    r.warnings.insert(r.warnings.end(), prepare_warnings.begin(), prepare_warnings.end());
 
     const ApplyResult applied = manager_->Apply(config);
     r.added = applied.added;

@@ -45,6 +45,11 @@ class ConfigReloader {
     std::string config_path;
     std::string listen_override;  // --listen: server.listen in the file is not used
     std::chrono::milliseconds load_wait{std::chrono::minutes(10)};
+    // Runs once the file parsed, before any model changes: reads and puts in force what
+    // the config only points to (TLS certificates, the token file). It must change
+    // nothing when it fails; an error refuses the whole reload, as an invalid file does.
+    std::function<Status(const Config& previous, const Config& next, std::vector<std::string>* warnings)>
+        before_apply;
   };
   // Called on the reloader thread after every reload. For a refused (invalid) file
   // `next` is the config still in force, and report.config_valid is false.

@@ -4,6 +4,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <thread>
 
 namespace splitlearnd {
@@ -11,7 +12,25 @@ namespace splitlearnd {
 std::string ModelHealthName(const std::string& model_id) { return "splitlearn.model/" + model_id; }
 
 Server::Server(ModelManager* manager, ServerOptions options)
-    : manager_(manager), options_(std::move(options)), compute_(manager, options_.limits, options_.version) {}
+    : manager_(manager), options_(std::move(options)), compute_(manager, options_.limits, options_.version) {
+  compute_.set_authenticator(options_.authenticator);
+}
+
+namespace {
+
+class NoReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const auto& p) { return p->name() == "proto_server_reflection"; }),
+                   plugins->end());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::ServerBuilderOption> WithoutReflection() { return std::make_unique<NoReflection>(); }
 
 Server::~Server() { Shutdown(); }
 
@@ -21,7 +40,12 @@ Status Server::Start() {
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
-  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &bound_port_);
+  builder.AddListeningPort(options_.listen,
+                           options_.credentials ? options_.credentials : grpc::InsecureServerCredentials(),
+                           &bound_port_);
+  if (options_.authenticator && options_.authenticator->compute_requires_token()) {
+    builder.SetOption(WithoutReflection());
+  }
   builder.RegisterService(&compute_);
   server_ = builder.BuildAndStart();
   if (!server_) return Unavailable("cannot listen on " + options_.listen);

@@ -1,4 +1,5 @@
 // Server: the gRPC listener with the compute service, grpc.health.v1 and reflection.
+// grpc.health.v1 needs no token, so load balancers can probe it.
 //
 // Owned by main(). Start() binds and starts serving; health turns SERVING for the
 // whole daemon only when SetReady(true) is called (models warm). Drain: BeginDrain()
@@ -23,7 +24,16 @@ struct ServerOptions {
   int64_t max_message_bytes = 256LL * 1024 * 1024;
   Limits limits;
   std::string version = "0";
+  // TLS for the listener; null: plaintext.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  // Checks every compute call; null: none. Reflection is not served when it requires
+  // a token at start (it would answer without one).
+  const Authenticator* authenticator = nullptr;
 };
+
+// A ServerBuilder option that leaves gRPC's reflection service out of one server
+// (InitProtoReflectionServerBuilderPlugin registers it for every server).
+std::unique_ptr<grpc::ServerBuilderOption> WithoutReflection();
 
 // grpc.health.v1 service name of one model.
 std::string ModelHealthName(const std::string& model_id);
