@@ -1,9 +1,13 @@
 #include "client/client.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <sstream>
 #include <random>
 #include <thread>
 
@@ -89,6 +93,74 @@ grpc::ChannelArguments DefaultChannelArguments(const ClientOptions& options) {
   return args;
 }
 
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(const ClientOptions& options) {
+  if (!options.tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = options.tls_root_certificates;
+  ssl.pem_cert_chain = options.tls_cert_chain;
+  ssl.pem_private_key = options.tls_private_key;
+  return grpc::SslCredentials(ssl);
+}
+
+namespace {
+
+StatusOr<std::string> ReadWholeFile(const std::string& what, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound(what + ": cannot open " + path + ": " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Internal(what + ": cannot read " + path);
+  return text.str();
+}
+
+}  // namespace
+
+Status LoadTlsFiles(const std::string& ca_file, const std::string& cert_file, const std::string& key_file,
+                    ClientOptions* options) {
+  if (cert_file.empty() != key_file.empty()) {
+    return InvalidArgument("a client certificate and its key go together (--tls-cert and --tls-key)");
+  }
+  if (!ca_file.empty()) {
+    auto ca = ReadWholeFile("TLS CA", ca_file);
+    if (!ca.ok()) return ca.status();
+    options->tls_root_certificates = std::move(*ca);
+  }
+  if (!cert_file.empty()) {
+    auto cert = ReadWholeFile("TLS client certificate", cert_file);
+    if (!cert.ok()) return cert.status();
+    auto key = ReadWholeFile("TLS client key", key_file);
+    if (!key.ok()) return key.status();
+    options->tls_cert_chain = std::move(*cert);
+    options->tls_private_key = std::move(*key);
+  }
+  options->tls = true;
+  return Status::Ok();
+}
+
+StatusOr<std::string> ReadToken(const std::string& path) {
+  std::string token;
+  if (path.empty()) {
+    const char* env = std::getenv("SPLITLEARND_TOKEN");
+    token = env ? env : "";
+  } else {
+    auto text = ReadWholeFile("token file", path);
+    if (!text.ok()) return text.status();
+    token = std::move(*text);
+  }
+  const auto first = token.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return std::string();
+  token = token.substr(first, token.find_last_not_of(" \t\r\n") - first + 1);
+  if (token.find_first_of(" \t\r\n") != std::string::npos) {
+    return InvalidArgument(path.empty() ? "SPLITLEARND_TOKEN holds more than one word"
+                                        : "token file " + path + " holds more than the token");
+  }
+  return token;
+}
+
+void AddToken(grpc::ClientContext* ctx, const std::string& token) {
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+}
+
 int64_t Tensor::elements() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -113,7 +185,7 @@ std::vector<float> Tensor::ToFloats() const {
 // ---------------------------------------------------------------- Client
 
 Client::Client(const std::string& target, ClientOptions options)
-    : Client(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), DefaultChannelArguments(options)),
+    : Client(grpc::CreateCustomChannel(target, ChannelCredentialsFor(options), DefaultChannelArguments(options)),
              options) {}
 
 Client::Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
@@ -130,6 +202,7 @@ Status Client::Invoke(const CallOptions& call, const std::function<grpc::Status(
   for (int n = 1;; ++n) {
     grpc::ClientContext ctx;
     if (timeout.count() > 0) ctx.set_deadline(system_deadline);
+    AddToken(&ctx, options_.token);
     status = FromGrpc(attempt(&ctx));
     if (status.ok() || !IsRetryable(status.code()) || n >= std::max(1, policy.max_attempts)) break;
     const auto wait = JitteredBackoff(policy, n);

@@ -37,6 +37,11 @@
 // Statistics: calls, retries, failures and the summed latency (of whole calls,
 // retries and waits included) since construction or ResetStats().
 //
+// Security: ClientOptions::tls (with tls_root_certificates for a private CA, and
+// tls_cert_chain + tls_private_key for mutual TLS) and ClientOptions::token, sent as
+// `authorization: Bearer <token>` with every call. LoadTlsFiles and ReadToken fill
+// them from files (and SPLITLEARND_TOKEN).
+//
 // Thread safety: every method may be called from any number of threads at once.
 #pragma once
 
@@ -88,6 +93,13 @@ struct ClientOptions {
   // DNS name; empty: gRPC's default (pick_first).
   std::string load_balancing_policy;
   RetryPolicy retry;
+  // TLS: on when `tls` is set. Empty root certificates: the system's trusted roots.
+  bool tls = false;
+  std::string tls_root_certificates;  // PEM: the CA that signed the daemon's certificate
+  std::string tls_cert_chain;         // PEM: the client's certificate (mutual TLS)
+  std::string tls_private_key;        // PEM: its key
+  // Sent as `authorization: Bearer <token>` with every call; empty: none.
+  std::string token;
 };
 
 // Overrides for one call.
@@ -213,6 +225,17 @@ class Client {
 
 // Channel arguments for splitlearnd: message sizes, keepalive, reconnects, load balancing.
 grpc::ChannelArguments DefaultChannelArguments(const ClientOptions& options);
+// TLS credentials when options.tls, plaintext otherwise.
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(const ClientOptions& options);
+// Reads PEM files into `options` and turns TLS on. `ca_file` may be empty (system
+// roots); `cert_file` and `key_file` go together (mutual TLS) or are both empty.
+Status LoadTlsFiles(const std::string& ca_file, const std::string& cert_file, const std::string& key_file,
+                    ClientOptions* options);
+// The token in `path` (the whole file, surrounding whitespace dropped); with an empty
+// path, the SPLITLEARND_TOKEN environment variable (empty when unset).
+StatusOr<std::string> ReadToken(const std::string& path);
+// Adds `authorization: Bearer <token>` to `ctx` (nothing for an empty token).
+void AddToken(grpc::ClientContext* ctx, const std::string& token);
 Status FromGrpc(const grpc::Status& s);
 // True for the codes a Client retries (UNAVAILABLE, RESOURCE_EXHAUSTED).
 bool IsRetryable(StatusCode code);

@@ -252,7 +252,9 @@ void PrintStatus(const mg::StatusResponse& s) {
 int FailGrpc(const grpc::Status& s, const std::string& address) {
   std::string msg = s.error_message();
   if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    msg += " (is splitlearnd running, with server.management_listen: " + address + "?)";
+    msg += " (is splitlearnd running, with server.management_listen: " + address + "?";
+    if (address.rfind("unix:", 0) == 0) msg += " Is your user allowed by server.auth.management_unix_uids/groups?";
+    msg += ")";
   }
   return Fail(Status(static_cast<StatusCode>(s.error_code()), msg));
 }
@@ -274,6 +276,13 @@ int main(int argc, char** argv) {
   app.add_option("--manage", manage, "address of the management service (unix:PATH or host:port)")
       ->capture_default_str();
   app.add_flag("--json", json, "management commands: print the answer as JSON");
+  std::string tls_ca, tls_cert, tls_key, token_file;
+  app.add_option("--tls-ca", tls_ca, "connect with TLS, trusting the CA certificate(s) in this PEM file");
+  app.add_option("--tls-cert", tls_cert, "client certificate (PEM) for mutual TLS; needs --tls-key");
+  app.add_option("--tls-key", tls_key, "private key (PEM) of --tls-cert");
+  app.add_flag("--tls", "connect with TLS, trusting the system's CAs (implied by --tls-ca and --tls-cert)");
+  app.add_option("--token-file", token_file,
+                 "file holding the bearer token to send (default: the SPLITLEARND_TOKEN environment variable)");
 
   auto* health = app.add_subcommand("health", "HealthCheck: status, version, uptime");
   auto* info = app.add_subcommand("info", "GetServiceInfo: models, devices, counters");
@@ -329,13 +338,31 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
+  // TLS applies to TCP addresses; Unix sockets stay plaintext. The token goes with
+  // every call, compute and management alike.
+  ClientOptions security;
+  if (!tls_ca.empty() || !tls_cert.empty() || !tls_key.empty() || app.get_option("--tls")->count()) {
+    if (auto s = LoadTlsFiles(tls_ca, tls_cert, tls_key, &security); !s.ok()) return Fail(s);
+  }
+  {
+    auto token = ReadToken(token_file);
+    if (!token.ok()) return Fail(token.status());
+    security.token = std::move(*token);
+  }
+  auto manage_channel = [&] {
+    ClientOptions o = security;
+    if (manage.rfind("unix:", 0) == 0) o.tls = false;
+    return grpc::CreateChannel(manage, ChannelCredentialsFor(o));
+  };
+
   if (*top_cmd) {
-    auto stub = mg::ManagementService::NewStub(grpc::CreateChannel(manage, grpc::InsecureChannelCredentials()));
+    auto stub = mg::ManagementService::NewStub(manage_channel());
     mg::StatusResponse previous;
     auto previous_at = std::chrono::steady_clock::now();
     for (int i = 0; top_iterations == 0 || i < top_iterations; ++i) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      AddToken(&ctx, security.token);
       mg::StatusResponse r;
       grpc::Status s = stub->GetStatus(&ctx, mg::GetStatusRequest{}, &r);
       if (!s.ok()) return FailGrpc(s, manage);
@@ -355,11 +382,12 @@ int main(int argc, char** argv) {
   }
 
   if (*status_cmd || *models_cmd || *load_cmd || *unload_cmd || *reload_cmd || *reload_config_cmd || *log_level_cmd) {
-    auto stub = mg::ManagementService::NewStub(grpc::CreateChannel(manage, grpc::InsecureChannelCredentials()));
+    auto stub = mg::ManagementService::NewStub(manage_channel());
     const bool long_call = *load_cmd || *reload_cmd || *reload_config_cmd;
     const int ms = app.get_option("--timeout-ms")->count() ? timeout_ms : long_call ? 600000 : 10000;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+    AddToken(&ctx, security.token);
     grpc::Status s;
     if (*status_cmd) {
       mg::StatusResponse r;
@@ -432,7 +460,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  ClientOptions options;
+  ClientOptions options = security;
   options.timeout = std::chrono::milliseconds(timeout_ms);
   Client client(target, options);
   if (*health) {
