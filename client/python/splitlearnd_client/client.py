@@ -119,16 +119,30 @@ class Client:
     keepalive_time_s: HTTP/2 keepalive pings every so many seconds (None: off).
     reconnect_backoff_s: (initial, max) wait before reconnecting to a lost daemon.
     options: further gRPC channel options, e.g. [("grpc.lb_policy_name", "round_robin")].
-    credentials: grpc.ChannelCredentials for TLS (None: plaintext).
+    credentials: grpc.ChannelCredentials for TLS (None: plaintext), or instead:
+    root_certificates: PEM bytes of the CA that signed the daemon's certificate; turns TLS on.
+    certificate_chain, private_key: PEM bytes of a client certificate and its key (mutual TLS).
+    tls: True for TLS with the system's trusted CAs (implied by the three above).
+    token: sent as "authorization: Bearer <token>" with every call (server.auth).
     """
 
     def __init__(self, target: str, *, timeout: Optional[float] = 30.0, retry: Optional[RetryPolicy] = None,
                  max_message_bytes: int = 256 * MIB, keepalive_time_s: Optional[float] = None,
                  keepalive_timeout_s: float = 20.0, reconnect_backoff_s: Tuple[float, float] = (0.25, 5.0),
-                 options: Sequence[Tuple[str, object]] = (), credentials: Optional[grpc.ChannelCredentials] = None):
+                 options: Sequence[Tuple[str, object]] = (), credentials: Optional[grpc.ChannelCredentials] = None,
+                 root_certificates: Optional[bytes] = None, certificate_chain: Optional[bytes] = None,
+                 private_key: Optional[bytes] = None, tls: bool = False, token: Optional[str] = None):
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("certificate_chain and private_key go together (mutual TLS)")
+        if tls or root_certificates is not None or certificate_chain is not None:
+            if credentials is not None:
+                raise ValueError("pass either credentials or root_certificates/certificate_chain/private_key/tls")
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=private_key,
+                                                       certificate_chain=certificate_chain)
+        self._metadata = (("authorization", "Bearer " + token),) if token else None
         channel_options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -176,7 +190,7 @@ class Client:
                 attempt += 1
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    response = method(request, timeout=left)
+                    response = method(request, timeout=left, metadata=self._metadata)
                     failed = False
                     return response
                 except grpc.RpcError as e:
