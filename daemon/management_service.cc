@@ -437,9 +437,14 @@ void ManagementServer::AcceptLoop() {
       continue;
     }
     if (!auth_->AllowsUnixPeer(peer.uid, peer.gid)) {
+      // 65534: a user outside the daemon's user namespace (systemd's PrivateUsers=yes maps
+      // only root and the unit's own user and group).
       spdlog::warn("management socket: refused a connection from uid {} (gid {}, pid {}): not in "
-                   "server.auth.management_unix_uids nor in a group of server.auth.management_unix_groups",
-                   peer.uid, peer.gid, peer.pid);
+                   "server.auth.management_unix_uids nor in a group of server.auth.management_unix_groups{}",
+                   peer.uid, peer.gid, peer.pid,
+                   peer.uid == 65534 ? " (uid 65534: a user the daemon's user namespace does not map; see "
+                                       "docs/security.md)"
+                                     : "");
       close(fd);
       continue;
     }

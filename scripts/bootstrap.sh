@@ -25,7 +25,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   libyaml-cpp-dev libspdlog-dev libcli11-dev catch2 libsystemd-dev prometheus-cpp-dev
   python3-torch python3-grpcio python3-protobuf python3-numpy python3-yaml
-  systemd clang gnuplot-nox curl
+  systemd clang gnuplot-nox curl openssl
 )
 missing=()
 for p in "${packages[@]}"; do
