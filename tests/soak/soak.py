@@ -32,7 +32,6 @@ import os
 import random
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import threading
