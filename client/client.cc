@@ -148,7 +148,10 @@ StatusOr<std::string> ReadToken(const std::string& path) {
     token = std::move(*text);
   }
   const auto first = token.find_first_not_of(" \t\r\n");
-  if (first == std::string::npos) return std::string();
+  if (first == std::string::npos) {
+    if (!path.empty()) return InvalidArgument("token file " + path + " is empty");
+    return std::string();
+  }
   token = token.substr(first, token.find_last_not_of(" \t\r\n") - first + 1);
   if (token.find_first_of(" \t\r\n") != std::string::npos) {
     return InvalidArgument(path.empty() ? "SPLITLEARND_TOKEN holds more than one word"

@@ -231,8 +231,9 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(const ClientOpti
 // roots); `cert_file` and `key_file` go together (mutual TLS) or are both empty.
 Status LoadTlsFiles(const std::string& ca_file, const std::string& cert_file, const std::string& key_file,
                     ClientOptions* options);
-// The token in `path` (the whole file, surrounding whitespace dropped); with an empty
-// path, the SPLITLEARND_TOKEN environment variable (empty when unset).
+// The token in `path` (the whole file, surrounding whitespace dropped; an empty file is
+// an error); with an empty path, the SPLITLEARND_TOKEN environment variable (empty when
+// unset).
 StatusOr<std::string> ReadToken(const std::string& path);
 // Adds `authorization: Bearer <token>` to `ctx` (nothing for an empty token).
 void AddToken(grpc::ClientContext* ctx, const std::string& token);

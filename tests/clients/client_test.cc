@@ -7,6 +7,9 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -86,14 +89,27 @@ class FakeService final : public pb::ComputeService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status HealthCheck(grpc::ServerContext*, const pb::HealthRequest*, pb::HealthResponse* resp) override {
+  grpc::Status HealthCheck(grpc::ServerContext* ctx, const pb::HealthRequest*, pb::HealthResponse* resp) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      authorization_.clear();
+      for (auto [it, end] = ctx->client_metadata().equal_range("authorization"); it != end; ++it) {
+        authorization_.emplace_back(it->second.data(), it->second.size());
+      }
+    }
     resp->set_status("healthy");
     return grpc::Status::OK;
+  }
+
+  std::vector<std::string> authorization() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return authorization_;
   }
 
  private:
   std::mutex mu_;
   pb::ComputeRequest last_;
+  std::vector<std::string> authorization_;
 };
 
 struct FakeServer {
@@ -334,6 +350,53 @@ TEST_CASE("channel arguments carry message sizes and keepalive", "[client]") {
   CHECK(find(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH) == 100 * 1024 * 1024);
   CHECK(find(GRPC_ARG_KEEPALIVE_TIME_MS) == 30000);
   CHECK(find(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS) == 5000);
+}
+
+TEST_CASE("a token goes with every call as authorization: Bearer", "[client]") {
+  FakeServer fake;
+  ClientOptions options = FastRetries(1);
+  Client plain(fake.address(), options);
+  REQUIRE(plain.Health().ok());
+  CHECK(fake.service.authorization().empty());
+  options.token = "t0ken-value";
+  Client client(fake.address(), options);
+  REQUIRE(client.Health().ok());
+  CHECK(fake.service.authorization() == std::vector<std::string>{"Bearer t0ken-value"});
+}
+
+TEST_CASE("tokens and TLS files are read from files or the environment", "[client]") {
+  char tmpl[] = "/tmp/slclientXXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::FILE* f = std::fopen((dir + "/" + name).c_str(), "w");
+    REQUIRE(f);
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+    return dir + "/" + name;
+  };
+  auto token = ReadToken(write("tok", "  abc123\n"));
+  REQUIRE(token.ok());
+  CHECK(*token == "abc123");
+  CHECK_FALSE(ReadToken(write("two", "abc def\n")).ok());
+  CHECK_FALSE(ReadToken(write("empty", "\n")).ok());
+  CHECK(ReadToken(dir + "/missing").status().code() == StatusCode::kNotFound);
+  setenv("SPLITLEARND_TOKEN", "from-env", 1);
+  CHECK(ReadToken("").value() == "from-env");
+  unsetenv("SPLITLEARND_TOKEN");
+  CHECK(ReadToken("").value().empty());
+
+  ClientOptions options;
+  REQUIRE(LoadTlsFiles(write("ca.pem", "CA"), "", "", &options).ok());
+  CHECK(options.tls);
+  CHECK(options.tls_root_certificates == "CA");
+  CHECK(options.tls_cert_chain.empty());
+  CHECK(LoadTlsFiles("", write("c.pem", "C"), "", &options).code() == StatusCode::kInvalidArgument);
+  REQUIRE(LoadTlsFiles("", dir + "/c.pem", write("k.pem", "K"), &options).ok());
+  CHECK(options.tls_cert_chain == "C");
+  CHECK(options.tls_private_key == "K");
+  CHECK(LoadTlsFiles(dir + "/nope.pem", "", "", &options).code() == StatusCode::kNotFound);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace splitlearnd
