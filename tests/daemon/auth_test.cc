@@ -21,7 +21,7 @@ const std::string kLongB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 }  // namespace
 
-TEST_CASE("a token file lists names, scopes and tokens; comments and blank lines are skipped") {
+TEST_CASE("a token file lists names, scopes and tokens, and skips comments and blank lines") {
   std::vector<std::string> warnings;
   auto store = Parse("# who may call\n\n  app compute " + kLongA + "\r\nops\tcompute,management\t" + kLongB +
                          "\n   # indented comment\nmgr management,compute cccccccccccccccccccc",
@@ -81,7 +81,7 @@ TEST_CASE("short tokens and an empty file load with warnings") {
   CHECK_THAT(warnings[0], Catch::Contains("no tokens"));
 }
 
-TEST_CASE("a token file readable by others loads with a warning; a missing one is NOT_FOUND") {
+TEST_CASE("a token file readable by others loads with a warning, and a missing one is NOT_FOUND") {
   char tmpl[] = "/tmp/slauthXXXXXX";
   REQUIRE(mkdtemp(tmpl) != nullptr);
   const std::string path = std::string(tmpl) + "/tokens";
