@@ -182,7 +182,7 @@ class Parser {
     d.name = name;
     if (node.IsNull()) return d;
     ExpectMap(node, k, {"intra_op_threads", "inter_op_threads", "blas_threads", "queue_capacity", "max_models",
-                        "memory_budget_bytes", "evict_lru"});
+                        "memory_budget_bytes", "evict_lru", "idle_spin_us"});
     for (const auto& kv : node) {
       const std::string field = kv.first.as<std::string>();
       const std::string key = Join(k, field);
@@ -193,6 +193,7 @@ class Parser {
       else if (field == "max_models") d.max_models = static_cast<int>(Int(kv.second, key, 0, 100000));
       else if (field == "memory_budget_bytes") d.memory_budget_bytes = Int(kv.second, key, 0, 1LL << 50);
       else if (field == "evict_lru") d.evict_lru = Bool(kv.second, key);
+      else if (field == "idle_spin_us") d.idle_spin_us = Int(kv.second, key, 0, 1000000);
     }
     return d;
   }

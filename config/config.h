@@ -62,6 +62,7 @@ struct DeviceConfig {
   int inter_op_threads = 0;
   int blas_threads = 0;
   int64_t queue_capacity = 256;
+  int64_t idle_spin_us = 0;          // worker polls this long for the next job before sleeping
   int max_models = 0;                // 0: no limit
   int64_t memory_budget_bytes = 0;   // parameter + buffer bytes of its models; 0: no limit
   bool evict_lru = false;            // over a limit, unload the least recently used model

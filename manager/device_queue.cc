@@ -22,6 +22,7 @@ Status DeviceQueue::TryEnqueue(std::unique_ptr<Job>& job) {
     }
     job->enqueued = SteadyClock::now();
     jobs_.push_back(std::move(job));
+    queued_.store(jobs_.size(), std::memory_order_release);
   }
   cv_.notify_one();
   return Status::Ok();
@@ -38,12 +39,14 @@ void DeviceQueue::Stop() {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_ && !worker_.joinable()) return;
     stopping_ = true;
+    stop_requested_.store(true, std::memory_order_release);
   }
   cv_.notify_all();
   if (worker_.joinable()) worker_.join();
   {
     std::lock_guard<std::mutex> lock(mu_);
     left.swap(jobs_);
+    queued_.store(0, std::memory_order_release);
   }
   for (auto& job : left) {
     const auto now = SteadyClock::now();
@@ -133,13 +136,27 @@ void DeviceQueue::RunBatch(std::vector<std::unique_ptr<Job>>& batch) {
   }
 }
 
+void DeviceQueue::SpinForWork(std::unique_lock<std::mutex>& lock) {
+  const int64_t spin_us = idle_spin_us_.load(std::memory_order_relaxed);
+  if (spin_us <= 0) return;
+  lock.unlock();
+  const auto until = SteadyClock::now() + std::chrono::microseconds(spin_us);
+  while (queued_.load(std::memory_order_acquire) == 0 && !stop_requested_.load(std::memory_order_acquire) &&
+         SteadyClock::now() < until) {
+    std::this_thread::yield();
+  }
+  lock.lock();
+}
+
 void DeviceQueue::WorkerLoop() {
   if (hooks_.init_worker) hooks_.init_worker();
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
+    if (jobs_.empty() && !stopping_) SpinForWork(lock);
     cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
     if (stopping_) break;
     std::vector<std::unique_ptr<Job>> batch = NextBatch(lock);
+    queued_.store(jobs_.size(), std::memory_order_release);
     lock.unlock();
     RunBatch(batch);
     batch.clear();  // job destructors (and their handles) run before the lock is retaken

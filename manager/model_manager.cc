@@ -168,7 +168,12 @@ ApplyResult ModelManager::Apply(const Config& config) {
   ApplyResult result;
   std::lock_guard<std::mutex> lock(mu_);
   if (shut_down_) return result;
-  for (const auto& [name, dev] : config.devices) device_configs_[name] = dev;
+  for (const auto& [name, dev] : config.devices) {
+    device_configs_[name] = dev;
+    if (auto q = queues_.find(name); q != queues_.end() && q->second) {
+      q->second->SetIdleSpin(std::chrono::microseconds(dev.idle_spin_us));
+    }
+  }
   const ModelConfig* def = config.DefaultModel();
   default_id_ = def ? def->id : "";
 
@@ -480,6 +485,7 @@ std::shared_ptr<DeviceQueue> ModelManager::QueueFor(const std::string& device) {
       hooks.on_batch = [cb = hooks_.on_batch, device](int n) { cb(device, n); };
     }
     q = std::make_shared<DeviceQueue>(device, static_cast<size_t>(capacity), std::move(hooks));
+    q->SetIdleSpin(std::chrono::microseconds(DeviceSettings(device).idle_spin_us));
   }
   return q;
 }

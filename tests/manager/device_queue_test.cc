@@ -188,3 +188,32 @@ TEST_CASE("stopping finishes queued jobs with UNAVAILABLE and refuses new ones")
   CHECK(queue->TryEnqueue(j3).code() == StatusCode::kUnavailable);
   CHECK_FALSE(queue->worker_alive());
 }
+
+TEST_CASE("with idle spin on, jobs arriving during and after the spin all run, and Stop still returns") {
+  auto model = std::make_shared<FakeModel>("m", "cpu", FakeBehaviour{});
+  DeviceQueue queue("cpu", 64);
+  queue.SetIdleSpin(20ms);
+  for (int round = 0; round < 3; ++round) {
+    // Two jobs close together (the second lands while the worker polls), then a pause
+    // longer than the spin so that the next round finds the worker asleep.
+    for (int i = 0; i < 2; ++i) {
+      auto o = std::make_shared<Outcome>();
+      auto job = MakeJob(model, o);
+      REQUIRE(queue.TryEnqueue(job).ok());
+      CHECK(o->promise.get_future().get().first.ok());
+    }
+    std::this_thread::sleep_for(40ms);
+  }
+  CHECK(model->forwards() == 6);
+  CHECK(queue.jobs_run() == 6);
+  REQUIRE(model->threads().size() == 1);
+  CHECK(*model->threads().begin() == queue.worker_thread_id());
+  // Stop while the worker polls: it notices the stop at its next poll, not at the end of the spin.
+  queue.SetIdleSpin(std::chrono::microseconds(500000));
+  auto o = std::make_shared<Outcome>();
+  auto job = MakeJob(model, o);
+  REQUIRE(queue.TryEnqueue(job).ok());
+  CHECK(o->promise.get_future().get().first.ok());
+  queue.Stop();
+  CHECK_FALSE(queue.worker_alive());
+}
