@@ -61,8 +61,13 @@ void ConfigWatcher::Stop() {
 bool ConfigWatcher::Changed() {
   const FileFingerprint now = FingerprintFile(path_);
   if (now == last_) return false;
+  const bool was_there = last_.exists;
   last_ = now;
   // A deleted file is not a config to load; its re-creation will be.
+  if (!now.exists && was_there) {
+    spdlog::warn("config file {} was deleted; still serving the last config loaded, and a new file at that path "
+                 "will be loaded when it is saved", path_);
+  }
   return now.exists;
 }
 

@@ -152,8 +152,11 @@ class Restarts(FaultTest):
         self.start([fx.model_entry("double", self.files["double"], default=True)], watch_config=True)
         self.assertTrue(self.daemon.wait_for_log(r"watching .* for changes"), self.daemon.log_text())
         kept = dict(self.daemon.config)
+        offset = len(self.daemon.log_text())
         os.unlink(self.daemon.config_path)
-        time.sleep(2)  # past the watcher's quiet period: whatever it does with the deletion, it has done
+        # The deletion is logged once the watcher's quiet period has passed, and nothing is unloaded.
+        self.assertTrue(self.daemon.wait_for_log(r"config file .* was deleted; still serving", after=offset),
+                        self.daemon.log_text())
         self.assertServes()
         # A reload now has no file to read: refused, and the old config keeps serving.
         offset = len(self.daemon.log_text())
