@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "manager/torchscript/torchscript.h"
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
   std::vector<int> batches{1, 8};
   double duration_s = 3;
   int warmup = 5;
+  int64_t gap_us = 0;
   splitlearnd::ThreadSettings threads;
   threads.intra_op_threads = 1;
   threads.blas_threads = 0;
@@ -64,6 +66,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--blas-threads", threads.blas_threads, "OpenBLAS threads (0: one per core, as the daemon)")
       ->capture_default_str();
+  app.add_option("--gap-us", gap_us,
+                 "diagnostic: sleep this long before each timed forward, as a server idles between calls (forwards/s then counts the sleeps)")
+      ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1000000}));
   app.add_option("--csv", csv, "append one row per batch size to this CSV file");
   app.add_option("--label", label, "free text for the CSV rows");
   CLI11_PARSE(app, argc, argv);
@@ -118,6 +123,7 @@ int main(int argc, char** argv) {
       // At least 5 forwards even when one takes longer than the duration; bounded by
       // 5 forwards or the duration, whichever is later.
       while (now < until || us.size() < 5) {
+        if (gap_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(gap_us));
         const auto t0 = Clock::now();
         at::Tensor y = module.forward(args).toTensor();
         now = Clock::now();

@@ -206,6 +206,7 @@ def main():
     ap.add_argument("--warmup-s", type=float, default=2)
     ap.add_argument("--mem-requests", type=int, default=100000)
     ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--spin-ab", type=int, default=300)
     a = ap.parse_args()
     WARMUP_S[0] = a.warmup_s
     res = Results(a.work)
@@ -476,6 +477,34 @@ def main():
     w(f"| median | {fmt(median(r[1] for r in rounds))} | {fmt(median(r[2] for r in rounds))} | {fmt(q_lone, 3)} | "
       f"{fmt(net_on)} | {fmt(net_off)} |")
     w("")
+
+    # 3'
+    spin_rows = []
+    for model in ("tiny", "trunk"):
+        for i in (1, 2, 3):
+            off = res.val(f"{S}-spin0-{i}", model, TINY, 1, "p50_us")
+            on = res.val(f"{S}-spin{a.spin_ab}-{i}", model, TINY, 1, "p50_us")
+            if off is not None and on is not None:
+                spin_rows.append((model, i, off, on, ratio(on, off),
+                                  res.cpu_per_req_us(f"{S}-spin0-{i}", model, TINY, 1),
+                                  res.cpu_per_req_us(f"{S}-spin{a.spin_ab}-{i}", model, TINY, 1)))
+    if spin_rows:
+        w(f"## 3′. Idle spin and the lone client")
+        w("")
+        w(f"`devices.cpu.idle_spin_us` 0 (the worker sleeps as soon as its queue is empty) against {a.spin_ab} (it "
+          "polls that long first, yielding the core between polls), changed in place by a reload of the same "
+          "daemon, 1 call in flight, three pairs of half-length points in alternating order.")
+        w("")
+        w(f"| shard | pair | p50 µs, spin 0 | p50 µs, spin {a.spin_ab} | spin / no spin | server CPU µs/req, spin 0 | server CPU µs/req, spin {a.spin_ab} |")
+        w("|---|---|---|---|---|---|---|")
+        for model, i, off, on, q, c_off, c_on in spin_rows:
+            w(f"| {model} | {i} | {fmt(off)} | {fmt(on)} | {fmt(q, 3)} | {fmt(c_off)} | {fmt(c_on)} |")
+        for model in ("tiny", "trunk"):
+            rows = [r for r in spin_rows if r[0] == model]
+            if rows:
+                w(f"| {model} | median | {fmt(median(r[2] for r in rows))} | {fmt(median(r[3] for r in rows))} | "
+                  f"{fmt(ratio(median(r[3] for r in rows), median(r[2] for r in rows)), 3)} | | |")
+        w("")
 
     # 4
     w("## 4. Large payloads (32 MiB float32 in, 32 MiB out, 1 in flight)")

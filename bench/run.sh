@@ -19,6 +19,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${BUILD_DIR:-$REPO/build}}"
 BUILD="$(cd "$BUILD" && pwd)"
 QUICK="${QUICK:-0}"
+SPIN_AB="${SPIN_AB:-300}"  # idle_spin_us compared with 0 for the lone client
 if [[ "$QUICK" == 1 ]]; then
   DURATION_S="${DURATION_S:-3}"; WARMUP_S="${WARMUP_S:-1}"; MEM_REQUESTS="${MEM_REQUESTS:-10000}"
   INPROC_S="${INPROC_S:-1.5}"; CONC_TINY="1 8"; CONC_TRUNK="1 8"
@@ -178,7 +179,7 @@ server:
   log_level: info
 model_root: .
 devices:
-  cpu: {intra_op_threads: $intra, blas_threads: $blas, queue_capacity: 1024}
+  cpu: {intra_op_threads: $intra, blas_threads: $blas, queue_capacity: 1024, idle_spin_us: ${SPIN:-0}}
 models:
 EOF
     local m first=true
@@ -268,6 +269,28 @@ for i in 1 2 3; do
   order="trunk trunk-nobatch"; [[ "$i" == 2 ]] && order="trunk-nobatch trunk"
   for m in $order; do SERVER_LABEL="splitlearnd-lone$i" DURATION_S="$half" point "$m" 1x10x768 1; done
 done
+# Idle spin on and off for one lone client: devices.cpu.idle_spin_us changed in place
+# (rewrite the config, SIGHUP), three pairs in alternating order, half-length points.
+reload_spin() {
+  local logf="$WORK/splitlearnd.log" before
+  before=$(grep -c "reload done" "$logf" || true)
+  SPIN="$1" write_config "$WORK/t1.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
+  kill -HUP "$SERVER_PID"
+  for _ in $(seq 1 300); do
+    [[ $(grep -c "reload done" "$logf" || true) -gt $before ]] && return 0
+    sleep 0.1
+  done
+  echo "run.sh: no 'reload done' after setting idle_spin_us $1" >&2; return 1
+}
+for i in 1 2 3; do
+  order="0 $SPIN_AB"; [[ "$i" == 2 ]] && order="$SPIN_AB 0"
+  for sp in $order; do
+    reload_spin "$sp"
+    SERVER_LABEL="splitlearnd-spin$sp-$i" DURATION_S="$half" point tiny 1x10x768 1
+    SERVER_LABEL="splitlearnd-spin$sp-$i" DURATION_S="$half" point trunk 1x10x768 1
+  done
+done
+reload_spin "${SPIN:-0}"
 for c in $CONC_TRUNK; do [[ "$c" == 1 ]] || point trunk 1x10x768 "$c"; done
 point trunk-nobatch 1x10x768 8
 point trunk-wait 1x10x768 8
@@ -333,5 +356,5 @@ echo "run time: $(( $(date +%s) - T_START )) s" >>"$WORK/machine.txt"
 log "writing $OUT_DOC and plots in $PLOTS"
 mkdir -p "$PLOTS"
 "$PY" "$REPO/bench/report.py" --work "$WORK" --doc "$OUT_DOC" --plots "$PLOTS" --quick "$QUICK" \
-  --duration-s "$DURATION_S" --warmup-s "$WARMUP_S" --mem-requests "$MEM_REQUESTS" --nproc "$NPROC"
+  --duration-s "$DURATION_S" --warmup-s "$WARMUP_S" --mem-requests "$MEM_REQUESTS" --nproc "$NPROC" --spin-ab "$SPIN_AB"
 log "done (raw results in $WORK)"
