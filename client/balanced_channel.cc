@@ -49,6 +49,10 @@ bool HasScheme(const std::string& target) {
   return false;
 }
 
+std::shared_ptr<grpc::ChannelCredentials> Credentials(const BalancedChannelOptions& options) {
+  return options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
+}
+
 grpc::ChannelArguments BaseArguments(const BalancedChannelOptions& options) {
   grpc::ChannelArguments args;
   const int bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, std::numeric_limits<int>::max()));
@@ -142,7 +146,7 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeBalancedChannel(const std::vector<s
   grpc::ChannelArguments args = BaseArguments(options);
   args.SetServiceConfigJSON(BalancedServiceConfig(options));
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.max_attempts > 1 ? 1 : 0);
-  return grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(*target, Credentials(options), args);
 }
 
 StatusOr<int> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
@@ -181,12 +185,13 @@ StatusOr<int> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const s
 // ---------------------------------------------------------------- PinnedSession
 
 PinnedSession::PinnedSession(std::shared_ptr<grpc::Channel> channel, std::string endpoint, std::string id,
-                             std::string model_id)
+                             std::string model_id, std::string token)
     : channel_(std::move(channel)),
       stub_(pb::ComputeService::NewStub(channel_)),
       endpoint_(std::move(endpoint)),
       id_(std::move(id)),
-      model_id_(std::move(model_id)) {}
+      model_id_(std::move(model_id)),
+      token_(std::move(token)) {}
 
 Status PinnedSession::Lost(const grpc::Status& s) const {
   const auto code = s.error_code();
@@ -205,6 +210,7 @@ StatusOr<pb::ComputeResponse> PinnedSession::Compute(pb::ComputeRequest request,
   request.set_model_id(model_id_);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
   pb::ComputeResponse response;
   const grpc::Status s = stub_->Compute(&ctx, request, &response);
   if (!s.ok()) return Lost(s);
@@ -217,6 +223,7 @@ StatusOr<int64_t> PinnedSession::Close(std::chrono::milliseconds timeout) {
   request.set_model_id(model_id_);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
   pb::CloseSessionResponse response;
   const grpc::Status s = stub_->CloseSession(&ctx, request, &response);
   if (!s.ok()) return Lost(s);
@@ -234,7 +241,7 @@ ReplicaSet::ReplicaSet(std::vector<std::string> endpoints, BalancedChannelOption
 std::shared_ptr<grpc::Channel> ReplicaSet::EndpointChannel(const std::string& endpoint) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& channel = channels_[endpoint];
-  if (!channel) channel = grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), BaseArguments(options_));
+  if (!channel) channel = grpc::CreateCustomChannel(endpoint, Credentials(options_), BaseArguments(options_));
   return channel;
 }
 
@@ -263,6 +270,7 @@ StatusOr<std::unique_ptr<PinnedSession>> ReplicaSet::OpenSession(const std::stri
     request.set_session_id(wanted_id);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+    if (!options_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + options_.token);
     pb::OpenSessionResponse response;
     const grpc::Status s = stub->OpenSession(&ctx, request, &response);
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // nothing was opened there; try another
@@ -271,7 +279,8 @@ StatusOr<std::unique_ptr<PinnedSession>> ReplicaSet::OpenSession(const std::stri
     }
     if (!s.ok()) return FromGrpcStatus(s);
     return std::unique_ptr<PinnedSession>(new PinnedSession(
-        std::move(channel), endpoint, response.session_id(), response.model_id().empty() ? model_id : response.model_id()));
+        std::move(channel), endpoint, response.session_id(), response.model_id().empty() ? model_id : response.model_id(),
+        options_.token));
   }
   std::string all;
   for (const auto& e : endpoints_) all += (all.empty() ? "" : ", ") + e;

@@ -45,6 +45,11 @@ struct BalancedChannelOptions {
   std::chrono::milliseconds initial_reconnect_backoff{200};
   std::chrono::milliseconds max_reconnect_backoff{2000};
   int64_t max_message_bytes = 256LL * 1024 * 1024;
+  // TLS (e.g. ChannelCredentialsFor(client_options)); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Sent as `authorization: Bearer <token>` by ReplicaSet's own calls (sessions); a
+  // Client on the balanced channel sends ClientOptions::token.
+  std::string token;
 };
 
 // "splitlearn.model/<id>", the health name under which splitlearnd reports one model.
@@ -86,7 +91,8 @@ class PinnedSession {
 
  private:
   friend class ReplicaSet;
-  PinnedSession(std::shared_ptr<grpc::Channel> channel, std::string endpoint, std::string id, std::string model_id);
+  PinnedSession(std::shared_ptr<grpc::Channel> channel, std::string endpoint, std::string id, std::string model_id,
+                std::string token);
   Status Lost(const grpc::Status& s) const;
 
   std::shared_ptr<grpc::Channel> channel_;
@@ -94,6 +100,7 @@ class PinnedSession {
   std::string endpoint_;
   std::string id_;
   std::string model_id_;
+  std::string token_;
 };
 
 // Every replica of one deployment, given as host:port endpoints.

@@ -322,6 +322,7 @@ class TlsAndTokens(SecurityTest):
         try:
             import torch
             from splitlearnd_client import Client, SplitlearndError
+            from splitlearnd_client.replicas import ReplicaSet
         finally:
             sys.path.pop(0)
         x = torch.full((2, 4), 1.5)
@@ -333,6 +334,17 @@ class TlsAndTokens(SecurityTest):
             with self.assertRaises(SplitlearndError) as ctx:
                 client.compute(x, model_id="double")
             self.assertEqual(ctx.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+        # Replicas: health over TLS needs no token; opening a session does. The double model
+        # has no sessions, so a call that got past the token check is FAILED_PRECONDITION.
+        with ReplicaSet([self.daemon.address], credentials=self.tls_credentials(), token=APP_TOKEN) as replicas:
+            self.assertEqual(replicas.healthy_endpoints("double"), [self.daemon.address])
+            with self.assertRaises(grpc.RpcError) as ctx:
+                replicas.open_session("double")
+            self.assertEqual(ctx.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        with ReplicaSet([self.daemon.address], credentials=self.tls_credentials(), token=WRONG_TOKEN) as replicas:
+            with self.assertRaises(grpc.RpcError) as ctx:
+                replicas.open_session("double")
+            self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
 
     def test_z_no_token_in_the_log(self):
         # Good and bad tokens on both services at trace level, then the whole output.

@@ -139,11 +139,16 @@ def channel_options(extra: Iterable[Tuple[str, object]] = ()) -> List[Tuple[str,
 
 
 def balanced_channel(endpoints: Union[str, Sequence[str]], health_service: str = "", *,
-                     retry_unavailable: bool = True, options: Iterable[Tuple[str, object]] = ()) -> grpc.Channel:
-    """One channel over every replica: round_robin among those whose health is SERVING."""
+                     retry_unavailable: bool = True, options: Iterable[Tuple[str, object]] = (),
+                     credentials: Optional[grpc.ChannelCredentials] = None) -> grpc.Channel:
+    """One channel over every replica: round_robin among those whose health is SERVING.
+    `credentials`: TLS (grpc.ssl_channel_credentials(...)); None: plaintext."""
     config = json.dumps(service_config(health_service, retry_unavailable))
-    return grpc.insecure_channel(balanced_target(endpoints),
-                                 options=channel_options(list(options) + [("grpc.service_config", config)]))
+    target = balanced_target(endpoints)
+    options = channel_options(list(options) + [("grpc.service_config", config)])
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 # ----------------------------------------------------------------- grpc.health.v1 by hand
@@ -247,7 +252,7 @@ class PinnedSession:
         try:
             # No wait_for_ready and no retries: a step must not wait for, or land on, a
             # replica that came back without the session.
-            return fn(request, timeout=timeout)
+            return fn(request, timeout=timeout, metadata=self.replicas.metadata)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                 raise SessionLostError(self.id, self.model_id, self.endpoint, e.code(), e.details()) from None
@@ -289,16 +294,23 @@ class ReplicaSet:
 
     `endpoints`: "host:port" strings (IP literals), or a single DNS name whose address
     records are the replicas. Sessions need to address one replica, so they are only
-    offered for a list of endpoints."""
+    offered for a list of endpoints.
+
+    `credentials` (grpc.ChannelCredentials) turns TLS on for every channel; `token` goes
+    with the sessions' calls as "authorization: Bearer <token>" (a Client on
+    `channel` sends its own)."""
 
     def __init__(self, endpoints: Union[str, Sequence[str]], health_service: str = "", *,
-                 retry_unavailable: bool = True, options: Iterable[Tuple[str, object]] = ()):
+                 retry_unavailable: bool = True, options: Iterable[Tuple[str, object]] = (),
+                 credentials: Optional[grpc.ChannelCredentials] = None, token: Optional[str] = None):
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = list(endpoints)
         self._options = list(options)
+        self._credentials = credentials
+        self.metadata = (("authorization", "Bearer " + token),) if token else None
         self.channel = balanced_channel(self.endpoints, health_service, retry_unavailable=retry_unavailable,
-                                        options=self._options)
+                                        options=self._options, credentials=credentials)
         self._channels: Dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._next = itertools.count()
@@ -309,7 +321,10 @@ class ReplicaSet:
         with self._lock:
             channel = self._channels.get(endpoint)
             if channel is None:
-                channel = grpc.insecure_channel(endpoint, options=channel_options(self._options))
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(endpoint, options=channel_options(self._options))
+                else:
+                    channel = grpc.secure_channel(endpoint, self._credentials, options=channel_options(self._options))
                 self._channels[endpoint] = channel
             return channel
 
@@ -337,7 +352,8 @@ class ReplicaSet:
                 f"/{COMPUTE_SERVICE}/OpenSession", request_serializer=lambda m: m.SerializeToString(),
                 response_deserializer=pb.OpenSessionResponse.FromString)
             try:
-                resp = fn(pb.OpenSessionRequest(model_id=model_id, session_id=session_id), timeout=timeout)
+                resp = fn(pb.OpenSessionRequest(model_id=model_id, session_id=session_id), timeout=timeout,
+                          metadata=self.metadata)
             except grpc.RpcError as e:
                 # Nothing was created where the call failed with UNAVAILABLE (draining);
                 # another replica may take it.
