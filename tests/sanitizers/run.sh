@@ -32,7 +32,9 @@ case "$mode" in
   thread)
     build=${BUILD_DIR:-$repo/build-tsan}
     targets=(config_test device_queue_test model_manager_test codec_test server_test)
-    tests='^(config|device_queue|model_manager|codec|server): '
+    tests='^(config|device_queue|model_manager|codec|server):'
+    # (the 32-client server case takes about 4 minutes under TSan; its ctest timeout
+    # is raised for this build in tests/daemon/CMakeLists.txt)
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$here/tsan.supp"
     ;;
   *) echo "usage: $0 address|thread" >&2; exit 2 ;;
@@ -44,4 +46,4 @@ cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPLITLEARND_SAN
 cmake --build "$build" -j"$jobs" --target "${targets[@]}"
 echo "== $mode sanitizer tests"
 cd "$build"
-ctest --output-on-failure -j"${TEST_JOBS:-1}" --timeout 900 -R "$tests"
+ctest --output-on-failure --no-tests=error -j"${TEST_JOBS:-1}" --timeout 900 -R "$tests"
