@@ -170,19 +170,23 @@ TEST_CASE("a deadline that passes in the queue: DEADLINE_EXCEEDED and no forward
     pb::ComputeResponse resp;
     return h.Stub()->Compute(&ctx, Request("m", {1}), &resp);
   });
-  std::this_thread::sleep_for(50ms);
+  // Wait until the blocker's forward has started (counted on entry), so that the next
+  // call queues behind it however slowly this machine runs (sanitizers, load).
+  for (int i = 0; i < 1000 && model->forwards() == 0; ++i) std::this_thread::sleep_for(10ms);
+  REQUIRE(model->forwards() == 1);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 100ms);
   pb::ComputeResponse resp;
   auto s = h.Stub()->Compute(&ctx, Request("m", {1}), &resp);
   CHECK(s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
   CHECK(blocker.get().ok());
-  // Let the worker reach the expired job, then count forwards: only the blocker ran.
-  std::this_thread::sleep_for(100ms);
-  CHECK(model->forwards() == 1);
+  // Let the worker reach the expired job (it drops it), then count forwards: only the
+  // blocker ran.
   auto route = h.manager->Lookup("m");
   REQUIRE(route.ok());
+  for (int i = 0; i < 1000 && (*route)->queue->jobs_dropped() == 0; ++i) std::this_thread::sleep_for(10ms);
   CHECK((*route)->queue->jobs_dropped() == 1);
+  CHECK(model->forwards() == 1);
 }
 
 TEST_CASE("statuses: unknown model, empty default, model failure, draining") {
