@@ -130,7 +130,12 @@ TEST_CASE("a full queue answers RESOURCE_EXHAUSTED at once") {
   REQUIRE(h.manager->WaitIdle(10s));
 
   auto stub = h.Stub();
-  // First call occupies the worker, second fills the queue, third must be refused.
+  auto model = h.loader->Last("slow");
+  REQUIRE(model);
+  auto route = h.manager->Lookup("slow");
+  REQUIRE(route.ok());
+  // First call occupies the worker, second fills the queue, third must be refused. Each
+  // step waits for the previous one to land (not a fixed sleep: sanitizers are slow).
   std::vector<std::future<grpc::Status>> inflight;
   for (int i = 0; i < 2; ++i) {
     inflight.push_back(std::async(std::launch::async, [&] {
@@ -138,8 +143,13 @@ TEST_CASE("a full queue answers RESOURCE_EXHAUSTED at once") {
       pb::ComputeResponse resp;
       return h.Stub()->Compute(&ctx, Request("slow", {1, 2}), &resp);
     }));
-    std::this_thread::sleep_for(100ms);
+    for (int k = 0; k < 1000; ++k) {
+      if (i == 0 ? model->forwards() >= 1 : (*route)->queue->depth() >= 1) break;
+      std::this_thread::sleep_for(5ms);
+    }
   }
+  REQUIRE(model->forwards() == 1);
+  REQUIRE((*route)->queue->depth() == 1);
   grpc::ClientContext ctx;
   pb::ComputeResponse resp;
   auto s = stub->Compute(&ctx, Request("slow", {1, 2}), &resp);
