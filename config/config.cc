@@ -7,6 +7,8 @@
 #include <set>
 #include <sstream>
 
+#include "common/cpus.h"
+
 namespace splitlearnd {
 namespace {
 
@@ -63,6 +65,20 @@ class Parser {
   }
   bool Bool(const YAML::Node& n, const std::string& key) const { return Scalar<bool>(n, key, "true or false"); }
   double Double(const YAML::Node& n, const std::string& key) const { return Scalar<double>(n, key, "a number"); }
+  // A CPU list: "0-3,6" (the kernel's notation), a single number, or a YAML list of numbers.
+  std::vector<int> Cpus(const YAML::Node& n, const std::string& key) const {
+    std::string text;
+    if (n.IsSequence()) {
+      if (n.size() == 0) Fail(n, key, "expected at least one CPU");
+      for (const auto& c : n) text += (text.empty() ? "" : ",") + std::to_string(Int(c, key, 0, 1023));
+    } else {
+      text = String(n, key);
+    }
+    auto cpus = ParseCpuList(text);
+    if (!cpus.ok()) Fail(n, key, cpus.status().message());
+    return std::move(cpus.value());
+  }
+
   int64_t Int(const YAML::Node& n, const std::string& key, int64_t min, int64_t max) const {
     const auto v = Scalar<int64_t>(n, key, "an integer");
     if (v < min || v > max) {
@@ -76,7 +92,7 @@ class Parser {
   ServerConfig ParseServer(const YAML::Node& node) const {
     const std::string k = "server";
     ExpectMap(node, k, {"listen", "management_listen", "metrics_listen", "max_message_bytes", "drain_timeout_s",
-                        "drain_grace_s", "watch_config", "log_level", "max_tensor_elements", "tls", "auth"});
+                        "drain_grace_s", "watch_config", "log_level", "max_tensor_elements", "tls", "auth", "cpus"});
     ServerConfig s;
     for (const auto& kv : node) {
       const std::string name = kv.first.as<std::string>();
@@ -109,6 +125,8 @@ class Parser {
         s.tls = ParseTls(v);
       } else if (name == "auth") {
         s.auth = ParseAuth(v);
+      } else if (name == "cpus") {
+        s.cpus = Cpus(v, key);
       }
     }
     return s;
@@ -182,7 +200,7 @@ class Parser {
     d.name = name;
     if (node.IsNull()) return d;
     ExpectMap(node, k, {"intra_op_threads", "inter_op_threads", "blas_threads", "queue_capacity", "max_models",
-                        "memory_budget_bytes", "evict_lru", "idle_spin_us"});
+                        "memory_budget_bytes", "evict_lru", "idle_spin_us", "cpus"});
     for (const auto& kv : node) {
       const std::string field = kv.first.as<std::string>();
       const std::string key = Join(k, field);
@@ -194,6 +212,7 @@ class Parser {
       else if (field == "memory_budget_bytes") d.memory_budget_bytes = Int(kv.second, key, 0, 1LL << 50);
       else if (field == "evict_lru") d.evict_lru = Bool(kv.second, key);
       else if (field == "idle_spin_us") d.idle_spin_us = Int(kv.second, key, 0, 1000000);
+      else if (field == "cpus") d.cpus = Cpus(kv.second, key);
     }
     return d;
   }
@@ -373,7 +392,7 @@ class Parser {
       if (!fs::is_regular_file(m.path, ec)) {
         Fail(node["path"], "models." + m.id + ".path", "model file not found: " + m.path);
       }
-      if (!c.devices.count(m.device)) c.devices[m.device] = DeviceConfig{m.device};
+      if (!c.devices.count(m.device)) c.devices[m.device].name = m.device;
       c.models.push_back(std::move(m));
     }
     if (c.models.empty()) Fail(models, "models", "at least one model must be listed");

@@ -52,6 +52,9 @@ struct ServerConfig {
   int64_t max_tensor_elements = 1LL << 28;
   std::optional<TlsConfig> tls;  // unset: plaintext
   AuthConfig auth;
+  // CPUs for the daemon's own threads (gRPC, housekeeping) and for the workers of
+  // devices without their own `cpus`; empty: every CPU the process may use.
+  std::vector<int> cpus;
 };
 
 // Settings of one device ("cpu", "cuda:0", ...). Thread counts are process-wide in
@@ -63,6 +66,7 @@ struct DeviceConfig {
   int blas_threads = 0;
   int64_t queue_capacity = 256;
   int64_t idle_spin_us = 0;          // worker polls this long for the next job before sleeping
+  std::vector<int> cpus;             // the worker thread's CPUs; empty: as server.cpus
   int max_models = 0;                // 0: no limit
   int64_t memory_budget_bytes = 0;   // parameter + buffer bytes of its models; 0: no limit
   bool evict_lru = false;            // over a limit, unload the least recently used model

@@ -17,6 +17,7 @@
 #include <iostream>
 #include <memory>
 
+#include "common/cpus.h"
 #include "config/config.h"
 #include "daemon/auth.h"
 #include "daemon/config_watcher.h"
@@ -95,6 +96,15 @@ Status SetUpSecurity(const Config& config, Authenticator* auth, std::unique_ptr<
   return Status::Ok();
 }
 
+// Every `cpus` list of the config must name CPUs this process may run on.
+Status CheckConfigCpus(const Config& config) {
+  if (auto s = CheckCpusAllowed(config.server.cpus, "server.cpus"); !s.ok()) return s;
+  for (const auto& [name, d] : config.devices) {
+    if (auto s = CheckCpusAllowed(d.cpus, "devices." + name + ".cpus"); !s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
 // Reload: checks the new token file and TLS files first, then puts both in force; an
 // error changes nothing (the previous tokens and certificate stay).
 Status ReloadSecurity(const Config& previous, const Config& next, Authenticator* auth, TlsServer* tls,
@@ -166,8 +176,27 @@ int Run(const Options& opt) {
     return 1;
   }
 
+  // CPU placement before any other thread starts: threads inherit the main thread's
+  // CPUs (server.cpus); each device worker then moves to its own.
+  AllowedCpus();  // remembers the process's own set first
+  if (auto s = CheckConfigCpus(config); !s.ok()) {
+    spdlog::critical("{}", s.message());
+    notifier.Status("cannot start: " + s.message());
+    return 1;
+  }
+  if (!config.server.cpus.empty()) {
+    if (auto s = PinCurrentThread(config.server.cpus); !s.ok()) {
+      spdlog::critical("server.cpus: {}", s.message());
+      return 1;
+    }
+  }
   const DeviceConfig& cpu = config.Device("cpu");
-  ConfigureTorchThreads(ThreadSettings{cpu.intra_op_threads, cpu.inter_op_threads, cpu.blas_threads});
+  ThreadSettings wanted_threads;
+  wanted_threads.intra_op_threads = cpu.intra_op_threads;
+  wanted_threads.inter_op_threads = cpu.inter_op_threads;
+  wanted_threads.blas_threads = cpu.blas_threads;
+  wanted_threads.blas_cpus = cpu.cpus.empty() ? config.server.cpus : cpu.cpus;
+  ConfigureTorchThreads(wanted_threads);
   const ThreadSettings threads = EffectiveTorchThreads();
   spdlog::info("splitlearnd {} starting: {}; threads intra-op {}, inter-op {}, BLAS {}", SPLITLEARND_VERSION,
                TorchBuildSummary(), threads.intra_op_threads, threads.inter_op_threads, threads.blas_threads);
@@ -232,6 +261,7 @@ int Run(const Options& opt) {
   reload_options.config_path = opt.config;
   reload_options.listen_override = opt.listen;
   reload_options.before_apply = [&](const Config& previous, const Config& next, std::vector<std::string>* warnings) {
+    if (auto s = CheckConfigCpus(next); !s.ok()) return s;
     return ReloadSecurity(previous, next, &authenticator, tls.get(), warnings);
   };
   ConfigReloader reloader(

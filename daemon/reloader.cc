@@ -117,6 +117,10 @@ std::vector<std::string> ConfigReloader::RestartOnlyChanges(const Config& a, con
   if (a.server.metrics_listen != b.server.metrics_listen) note("server.metrics_listen");
   if (a.server.max_message_bytes != b.server.max_message_bytes) note("server.max_message_bytes");
   if (a.server.max_tensor_elements != b.server.max_tensor_elements) note("server.max_tensor_elements");
+  if (a.server.cpus != b.server.cpus) {
+    w.push_back("server.cpus changed: device workers without their own cpus move now, the daemon's other threads at "
+                "the next restart");
+  }
   if (a.server.tls.has_value() != b.server.tls.has_value()) {
     w.push_back(std::string("server.tls ") + (b.server.tls ? "added" : "removed") +
                 "; TLS is turned on or off at the next restart (until then the listeners stay as they are" +
@@ -134,6 +138,9 @@ std::vector<std::string> ConfigReloader::RestartOnlyChanges(const Config& a, con
     if (it == a.devices.end()) continue;
     const DeviceConfig& o = it->second;
     if (o.queue_capacity != d.queue_capacity) note("devices." + name + ".queue_capacity");
+    if (name == "cpu" && o.cpus != d.cpus) {
+      w.push_back("devices.cpu.cpus changed: the device worker moves now, OpenBLAS's helper threads at the next restart");
+    }
     if (o.intra_op_threads != d.intra_op_threads || o.inter_op_threads != d.inter_op_threads ||
         o.blas_threads != d.blas_threads) {
       note("devices." + name + " thread counts");

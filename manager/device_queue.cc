@@ -2,7 +2,22 @@
 
 #include <algorithm>
 
+#include "common/cpus.h"
+
 namespace splitlearnd {
+namespace {
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#else
+  std::this_thread::yield();
+#endif
+}
+
+}  // namespace
 
 DeviceQueue::DeviceQueue(std::string device, size_t capacity, Hooks hooks)
     : device_(std::move(device)), capacity_(capacity), hooks_(std::move(hooks)) {
@@ -26,6 +41,18 @@ Status DeviceQueue::TryEnqueue(std::unique_ptr<Job>& job) {
   }
   cv_.notify_one();
   return Status::Ok();
+}
+
+void DeviceQueue::SetCpus(std::vector<int> cpus) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cpus == cpus_) return;
+  cpus_ = std::move(cpus);
+  cpus_changed_ = true;
+}
+
+std::vector<int> DeviceQueue::cpus() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cpus_;
 }
 
 size_t DeviceQueue::depth() const {
@@ -141,20 +168,37 @@ void DeviceQueue::SpinForWork(std::unique_lock<std::mutex>& lock) {
   if (spin_us <= 0) return;
   lock.unlock();
   const auto until = SteadyClock::now() + std::chrono::microseconds(spin_us);
-  while (queued_.load(std::memory_order_acquire) == 0 && !stop_requested_.load(std::memory_order_acquire) &&
-         SteadyClock::now() < until) {
-    std::this_thread::yield();
+  // A pause between polls (not a yield): it leaves the core's execution units to a
+  // hyperthread sibling, which on a VM may be the CPU the gRPC threads run on.
+  for (uint32_t i = 1; queued_.load(std::memory_order_acquire) == 0 && !stop_requested_.load(std::memory_order_acquire);
+       ++i) {
+    CpuRelax();
+    if (i % 64 == 0 && SteadyClock::now() >= until) break;
   }
   lock.lock();
 }
 
+void DeviceQueue::RepinIfChanged(std::unique_lock<std::mutex>& lock) {
+  if (!cpus_changed_) return;
+  cpus_changed_ = false;
+  const std::vector<int> cpus = cpus_;
+  lock.unlock();
+  // The daemon checks the CPUs against the process's set before it applies a config,
+  // so a failure here leaves the worker where it was and is only counted.
+  if (!PinCurrentThread(cpus).ok()) pin_failures_.fetch_add(1, std::memory_order_relaxed);
+  lock.lock();
+}
+
 void DeviceQueue::WorkerLoop() {
+  NameCurrentThread("sld-" + device_);
   if (hooks_.init_worker) hooks_.init_worker();
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
+    RepinIfChanged(lock);
     if (jobs_.empty() && !stopping_) SpinForWork(lock);
     cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
     if (stopping_) break;
+    RepinIfChanged(lock);
     std::vector<std::unique_ptr<Job>> batch = NextBatch(lock);
     queued_.store(jobs_.size(), std::memory_order_release);
     lock.unlock();

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/status.h"
 #include "manager/model.h"
@@ -83,6 +84,7 @@ class DeviceQueue {
   uint64_t jobs_run() const { return jobs_run_.load(); }
   uint64_t batches_run() const { return batches_run_.load(); }
   uint64_t jobs_dropped() const { return jobs_dropped_.load(); }
+  uint64_t pin_failures() const { return pin_failures_.load(); }
 
   // How long the worker keeps polling for the next job (yielding the core between
   // polls) before it sleeps on the condition variable. A sleeping worker costs a futex
@@ -90,8 +92,15 @@ class DeviceQueue {
   // the next idle spell.
   void SetIdleSpin(std::chrono::microseconds spin) { idle_spin_us_.store(spin.count(), std::memory_order_relaxed); }
 
+  // The CPUs the worker thread runs on (empty: every CPU the process may use). Any
+  // thread; the worker applies it before its next batch (or at once when it starts).
+  void SetCpus(std::vector<int> cpus);
+  std::vector<int> cpus() const;
+
  private:
   void WorkerLoop();
+  // Applies SetCpus() on the worker (lock held on entry and exit).
+  void RepinIfChanged(std::unique_lock<std::mutex>& lock);
   // Polls queued_ for up to idle_spin_us_ with the lock released; returns with it held.
   void SpinForWork(std::unique_lock<std::mutex>& lock);
   // Takes the next batch off the queue (lock held); may wait for max_delay_us.
@@ -109,11 +118,13 @@ class DeviceQueue {
   std::deque<std::unique_ptr<Job>> jobs_;
   bool stopping_ = false;
 
+  std::vector<int> cpus_;     // guarded by mu_
+  bool cpus_changed_ = false;  // guarded by mu_; the worker re-pins itself when set
   std::atomic<bool> worker_alive_{false};
   std::atomic<size_t> queued_{0};        // jobs_.size(), readable without the lock
   std::atomic<int64_t> idle_spin_us_{0};
   std::atomic<bool> stop_requested_{false};  // stopping_, readable without the lock
-  std::atomic<uint64_t> jobs_run_{0}, batches_run_{0}, jobs_dropped_{0};
+  std::atomic<uint64_t> jobs_run_{0}, batches_run_{0}, jobs_dropped_{0}, pin_failures_{0};
   std::thread::id worker_id_;
   std::thread worker_;
 };

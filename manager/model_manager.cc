@@ -168,11 +168,12 @@ ApplyResult ModelManager::Apply(const Config& config) {
   ApplyResult result;
   std::lock_guard<std::mutex> lock(mu_);
   if (shut_down_) return result;
-  for (const auto& [name, dev] : config.devices) {
-    device_configs_[name] = dev;
-    if (auto q = queues_.find(name); q != queues_.end() && q->second) {
-      q->second->SetIdleSpin(std::chrono::microseconds(dev.idle_spin_us));
-    }
+  server_cpus_ = config.server.cpus;
+  for (const auto& [name, dev] : config.devices) device_configs_[name] = dev;
+  for (auto& [name, q] : queues_) {
+    if (!q) continue;
+    q->SetIdleSpin(std::chrono::microseconds(DeviceSettings(name).idle_spin_us));
+    q->SetCpus(WorkerCpus(name));
   }
   const ModelConfig* def = config.DefaultModel();
   default_id_ = def ? def->id : "";
@@ -474,6 +475,11 @@ const DeviceConfig& ModelManager::DeviceSettings(const std::string& device) cons
   return it == device_configs_.end() ? kDefault : it->second;
 }
 
+std::vector<int> ModelManager::WorkerCpus(const std::string& device) const {
+  const DeviceConfig& d = DeviceSettings(device);
+  return d.cpus.empty() ? server_cpus_ : d.cpus;
+}
+
 std::shared_ptr<DeviceQueue> ModelManager::QueueFor(const std::string& device) {
   auto& q = queues_[device];
   if (!q) {
@@ -486,6 +492,7 @@ std::shared_ptr<DeviceQueue> ModelManager::QueueFor(const std::string& device) {
     }
     q = std::make_shared<DeviceQueue>(device, static_cast<size_t>(capacity), std::move(hooks));
     q->SetIdleSpin(std::chrono::microseconds(DeviceSettings(device).idle_spin_us));
+    q->SetCpus(WorkerCpus(device));
   }
   return q;
 }

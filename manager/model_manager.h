@@ -195,6 +195,8 @@ class ModelManager {
 
   std::shared_ptr<DeviceQueue> QueueFor(const std::string& device);
   const DeviceConfig& DeviceSettings(const std::string& device) const;
+  // The device's `cpus`, else server.cpus (lock held).
+  std::vector<int> WorkerCpus(const std::string& device) const;
   // `expected_digest` non-empty: skip the load if the file's digest equals it.
   void StartLoad(Entry& e, const FileFingerprint& fingerprint, std::string expected_digest = "");
   void FinishLoad(const std::string& id, uint64_t generation, LoadOutcome outcome);
@@ -219,6 +221,7 @@ class ModelManager {
   std::map<uint64_t, ModelStatus> draining_;  // by version
   std::map<std::string, std::shared_ptr<DeviceQueue>> queues_;
   std::map<std::string, DeviceConfig> device_configs_;
+  std::vector<int> server_cpus_;
   std::string default_id_;
   int pending_loads_ = 0;
   uint64_t generation_ = 0;

@@ -2,6 +2,7 @@
 #include "manager/torchscript/torchscript.h"
 
 #include <dlfcn.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <unistd.h>
@@ -47,6 +48,20 @@ bool SetBlasThreads(int n) {
   if (!fn) return false;
   fn(n);
   return true;
+}
+
+// OpenBLAS starts its helper threads when it loads, before the daemon can pin anything;
+// openblas_setaffinity() moves helper `i` (the last index is the calling thread itself).
+int PinBlasHelpers(int threads, const std::vector<int>& cpus) {
+  using Fn = int (*)(int, size_t, cpu_set_t*);
+  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_setaffinity"));
+  if (!fn || cpus.empty()) return 0;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c : cpus) CPU_SET(c, &set);
+  int pinned = 0;
+  for (int i = 0; i + 1 < threads; ++i) pinned += fn(i, sizeof set, &set) == 0 ? 1 : 0;
+  return pinned;
 }
 
 std::string BlasName() {
@@ -887,10 +902,17 @@ void ConfigureTorchThreads(const ThreadSettings& settings) {
       // The inter-op pool was already started; its size stays.
     }
     SetBlasThreads(g_blas);
+    PinBlasHelpers(g_blas, settings.blas_cpus);
   });
 }
 
-ThreadSettings EffectiveTorchThreads() { return ThreadSettings{g_intra.load(), g_inter.load(), g_blas.load()}; }
+ThreadSettings EffectiveTorchThreads() {
+  ThreadSettings t;
+  t.intra_op_threads = g_intra.load();
+  t.inter_op_threads = g_inter.load();
+  t.blas_threads = g_blas.load();
+  return t;
+}
 
 std::string TorchBuildSummary() {
   std::ostringstream os;

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "manager/model.h"
@@ -17,6 +18,8 @@ struct ThreadSettings {
   int intra_op_threads = 0;  // 0: 1 (OpenBLAS does the parallel work; see docs/threading.md)
   int inter_op_threads = 0;  // 0: 1
   int blas_threads = 0;      // 0: hardware threads
+  // CPUs for OpenBLAS's helper threads (the cpu device's `cpus`); empty: not pinned.
+  std::vector<int> blas_cpus;
 };
 
 // Applies thread settings once per process, before any model runs. Later calls are

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/cpus.h"
+
 using namespace splitlearnd;
 namespace fs = std::filesystem;
 
@@ -233,4 +235,50 @@ TEST_CASE("server.tls and server.auth errors name file, line, column and key") {
              Catch::Contains("server.auth.management_unix_uids") && Catch::Contains("list"));
   CHECK_THAT(error("  auth: {management_unix_groups: [[x]]}\n"), Catch::Contains("server.auth.management_unix_groups"));
   CHECK_THAT(error("  auth: {tokens: x}\n"), Catch::Contains("server.auth.tokens") && Catch::Contains("unknown key"));
+}
+
+TEST_CASE("CPU lists: the kernel's notation or a YAML list, for the server and each device") {
+  TempDir dir;
+  auto c = Parse(dir, R"(
+server: {cpus: "0-1,3"}
+devices:
+  cpu: {cpus: [2, 1, 2]}
+models:
+  - {id: a, path: m.pt}
+)");
+  REQUIRE(c.ok());
+  CHECK(c->server.cpus == std::vector<int>{0, 1, 3});
+  CHECK(c->Device("cpu").cpus == std::vector<int>{1, 2});
+  CHECK(Parse(dir, "devices:\n  cpu: {cpus: 5}\nmodels:\n  - {id: a, path: m.pt}\n")->Device("cpu").cpus ==
+        std::vector<int>{5});
+  CHECK(Parse(dir, "models:\n  - {id: a, path: m.pt}\n")->server.cpus.empty());
+
+  for (const char* bad : {"\"3-1\"", "\"x\"", "\"1,,2\"", "[]", "\"4096\"", "[-1]"}) {
+    INFO(bad);
+    auto e = Parse(dir, std::string("devices:\n  cpu: {cpus: ") + bad + "}\nmodels:\n  - {id: a, path: m.pt}\n");
+    REQUIRE_FALSE(e.ok());
+    CHECK_THAT(e.status().message(), Catch::Contains("devices.cpu.cpus"));
+  }
+}
+
+TEST_CASE("CPU list parsing and formatting round-trip") {
+  CHECK(ParseCpuList("7").value() == std::vector<int>{7});
+  CHECK(ParseCpuList(" 0 - 2 , 5").ok() == false);  // spaces inside a range are not the kernel's notation
+  CHECK(ParseCpuList("0-2, 5").value() == std::vector<int>{0, 1, 2, 5});
+  CHECK(FormatCpuList({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8");
+  CHECK(FormatCpuList({}) == "");
+  for (const std::string text : {"0", "0-3", "1,3,5-9", "0-1023"}) {
+    CHECK(FormatCpuList(ParseCpuList(text).value()) == text);
+  }
+  CHECK_THAT(ParseCpuList("1024").status().message(), Catch::Contains("out of range"));
+  CHECK_FALSE(ParseCpuList("").ok());
+  // The process's own CPUs are allowed; a CPU above them is refused with both named.
+  const std::vector<int> allowed = AllowedCpus();
+  REQUIRE_FALSE(allowed.empty());
+  CHECK(CheckCpusAllowed(allowed, "x").ok());
+  auto refused = CheckCpusAllowed({1023}, "server.cpus");
+  if (allowed.back() < 1023) {
+    CHECK_THAT(refused.message(), Catch::Contains("server.cpus") && Catch::Contains("1023") &&
+                                      Catch::Contains(FormatCpuList(allowed)));
+  }
 }

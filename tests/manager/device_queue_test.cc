@@ -2,9 +2,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <atomic>
 #include <future>
 
+#include "common/cpus.h"
 #include "tests/fakes/fake_model.h"
 
 using namespace splitlearnd;
@@ -223,4 +227,43 @@ TEST_CASE("with idle spin on, jobs arriving during and after the spin all run, a
   CHECK(o->promise.get_future().get().first.ok());
   queue.Stop();
   CHECK_FALSE(queue.worker_alive());
+}
+
+TEST_CASE("the worker is named after its device and runs on the CPUs it is given") {
+  const std::vector<int> allowed = AllowedCpus();
+  REQUIRE_FALSE(allowed.empty());
+  auto model = std::make_shared<FakeModel>("m", "cpu", FakeBehaviour{});
+  DeviceQueue queue("cpu", 8);
+  // What the worker sees of itself, from inside a job.
+  auto probe = [&]() {
+    auto seen = std::make_shared<std::pair<std::string, std::vector<int>>>();
+    auto o = std::make_shared<Outcome>();
+    auto job = MakeJob(model, o);
+    job->custom = [seen](const Model&) -> StatusOr<InferenceResult> {
+      char name[16] = {};
+      pthread_getname_np(pthread_self(), name, sizeof name);
+      seen->first = name;
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      sched_getaffinity(0, sizeof set, &set);
+      for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &set)) seen->second.push_back(c);
+      }
+      return InferenceResult{};
+    };
+    REQUIRE(queue.TryEnqueue(job).ok());
+    REQUIRE(o->promise.get_future().get().first.ok());
+    return *seen;
+  };
+  auto first = probe();
+  CHECK(first.first == "sld-cpu");
+  CHECK(first.second == allowed);
+
+  queue.SetCpus({allowed.back()});
+  CHECK(probe().second == std::vector<int>{allowed.back()});
+  CHECK(queue.cpus() == std::vector<int>{allowed.back()});
+  // Empty: back to every CPU the process may use.
+  queue.SetCpus({});
+  CHECK(probe().second == allowed);
+  CHECK(queue.pin_failures() == 0);
 }

@@ -68,7 +68,10 @@ std::shared_ptr<Model> Load(const ModelConfig& c) {
 }  // namespace
 
 TEST_CASE("a written transformer shard loads, warms up and runs") {
-  ConfigureTorchThreads(ThreadSettings{1, 1, 0});
+  ThreadSettings threads;
+  threads.intra_op_threads = 1;
+  threads.inter_op_threads = 1;
+  ConfigureTorchThreads(threads);
   TempDir dir;
   ShardSpec spec;
   spec.layers = 1;
