@@ -9,9 +9,14 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "compute.grpc.pb.h"
 
@@ -19,15 +24,65 @@ namespace {
 
 namespace pb = splitlearn::comm;
 
+// Diagnostic (--handoff): one worker thread that answers each call, the way a device
+// worker does, so that echo with and without it isolates the cost of the hand-off.
+class Worker {
+ public:
+  Worker() : thread_([this] { Loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  void Post(std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(std::move(fn));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+      if (stop_) return;
+      auto fn = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      fn();
+      lock.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 class EchoService final : public pb::ComputeService::CallbackService {
  public:
+  explicit EchoService(Worker* worker) : worker_(worker) {}
+
   grpc::ServerUnaryReactor* Compute(grpc::CallbackServerContext* ctx, const pb::ComputeRequest* req,
                                     pb::ComputeResponse* resp) override {
-    resp->set_data(req->data());  // the one copy any server makes to answer
-    resp->mutable_shape()->CopyFrom(req->shape());
-    if (req->has_request_id()) resp->set_request_id(req->request_id());
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    auto answer = [req, resp, reactor] {
+      resp->set_data(req->data());  // the one copy any server makes to answer
+      resp->mutable_shape()->CopyFrom(req->shape());
+      if (req->has_request_id()) resp->set_request_id(req->request_id());
+      reactor->Finish(grpc::Status::OK);
+    };
+    if (worker_) {
+      worker_->Post(std::move(answer));
+    } else {
+      answer();
+    }
     return reactor;
   }
 
@@ -48,6 +103,9 @@ class EchoService final : public pb::ComputeService::CallbackService {
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
+
+ private:
+  Worker* worker_;
 };
 
 }  // namespace
@@ -58,6 +116,9 @@ int main(int argc, char** argv) {
   CLI::App app{"echo: ComputeService whose Compute returns the request's bytes and shape"};
   app.add_option("--listen", listen, "address to listen on (port 0: any free port)")->capture_default_str();
   app.add_option("--max-message-bytes", max_message_bytes, "largest message in either direction")->capture_default_str();
+  bool handoff = false;
+  app.add_flag("--handoff", handoff,
+               "diagnostic: answer on one worker thread, as a device worker does, instead of on the gRPC thread");
   CLI11_PARSE(app, argc, argv);
 
   // Block the stop signals before gRPC starts its threads; sigwait() below takes them.
@@ -67,7 +128,9 @@ int main(int argc, char** argv) {
   sigaddset(&stop, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
-  EchoService service;
+  std::unique_ptr<Worker> worker;
+  if (handoff) worker = std::make_unique<Worker>();
+  EchoService service(worker.get());
   grpc::ServerBuilder builder;
   int port = 0;
   builder.SetMaxReceiveMessageSize(max_message_bytes);
@@ -86,5 +149,6 @@ int main(int argc, char** argv) {
   sigwait(&stop, &sig);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server->Wait();
+  worker.reset();
   return 0;
 }

@@ -7,6 +7,11 @@
 // shares with the server under test. Only calls that finish inside the measured window
 // count; their latencies give the percentiles.
 //
+// --alternate LABEL=TARGET[#MODEL] (repeatable) sends successive calls of each lane to
+// each listed endpoint in turn, and reports every endpoint on its own: two servers (or
+// two models) measured call by call under the same conditions, so that a drift in the
+// machine's load falls on both alike.
+//
 // --service-info prints GetServiceInfo's fields as key=value lines and exits (the
 // benchmark script reads model parameter bytes from it).
 #include <grpcpp/grpcpp.h>
@@ -48,6 +53,27 @@ struct Options {
   std::string label;
   bool service_info = false;
   bool verify = true;
+  std::vector<std::string> alternate;  // LABEL=TARGET[#MODEL]
+};
+
+// Where calls go: one endpoint, or several taken in turn (--alternate).
+struct Endpoint {
+  std::string label, target, model;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<pb::ComputeService::Stub> stub;
+  pb::ComputeRequest request;  // built once, shared by every call (gRPC only reads it)
+};
+
+// What one lane measured for one endpoint.
+struct Stats {
+  std::vector<int64_t> latencies_ns;  // measured calls only; one writer at a time
+  // Latency minus the compute time the server reports (compute_time_ms), when it does.
+  std::vector<int64_t> net_ns;
+  std::vector<int64_t> compute_ns;  // the server-reported compute time itself
+  std::vector<int64_t> queue_ns;    // the server-reported queue time
+  int64_t errors = 0;
+  int64_t bad_answers = 0;
+  std::string first_error;
 };
 
 bool ParseShape(const std::string& text, std::vector<int32_t>* shape, int64_t* elements) {
@@ -85,18 +111,15 @@ struct Lane {
   std::unique_ptr<grpc::ClientContext> previous;  // kept one call longer: its call may still unwind
   pb::ComputeResponse response;
   Clock::time_point started;
-  std::vector<int64_t> latencies_ns;  // measured calls only; one writer at a time
-  // Latency minus the compute time the server reports (compute_time_ms), when it does.
-  std::vector<int64_t> net_ns;
-  int64_t errors = 0;
-  int64_t bad_answers = 0;
-  std::string first_error;
+  size_t calls = 0;     // calls started by this lane
+  size_t endpoint = 0;  // endpoint of the call in flight
+  std::vector<Stats> stats;  // per endpoint
 };
 
 class Runner {
  public:
-  Runner(const Options& opt, pb::ComputeService::Stub* stub, pb::ComputeRequest request, int64_t expected_bytes)
-      : opt_(opt), stub_(stub), request_(std::move(request)), expected_bytes_(expected_bytes) {}
+  Runner(const Options& opt, std::vector<Endpoint>* endpoints, int64_t expected_bytes)
+      : opt_(opt), endpoints_(*endpoints), expected_bytes_(expected_bytes) {}
 
   void Run() {
     lanes_.resize(static_cast<size_t>(opt_.concurrency));
@@ -106,7 +129,8 @@ class Runner {
     active_ = opt_.concurrency;
     for (auto& lane : lanes_) {
       lane.runner = this;
-      lane.latencies_ns.reserve(4096);
+      lane.stats.resize(endpoints_.size());
+      for (auto& st : lane.stats) st.latencies_ns.reserve(4096);
       Start(&lane);
     }
     // Every lane stops starting calls at window_end_; the last call can take at most
@@ -134,9 +158,11 @@ class Runner {
     lane->ctx = std::make_unique<grpc::ClientContext>();
     lane->ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(opt_.timeout_ms));
     lane->response.Clear();
+    lane->endpoint = lane->calls++ % endpoints_.size();
+    Endpoint& e = endpoints_[lane->endpoint];
     lane->started = Clock::now();
-    stub_->async()->Compute(lane->ctx.get(), &request_, &lane->response,
-                            [this, lane](grpc::Status status) { Finished(lane, std::move(status)); });
+    e.stub->async()->Compute(lane->ctx.get(), &e.request, &lane->response,
+                             [this, lane](grpc::Status status) { Finished(lane, std::move(status)); });
   }
 
   void Finished(Lane* lane, grpc::Status status) {
@@ -145,18 +171,22 @@ class Runner {
     // full, so this is the steady-state completion rate).
     const bool measured = end >= window_start_ && end <= window_end_ && !stop_.load(std::memory_order_relaxed);
     if (measured) {
+      Stats& st = lane->stats[lane->endpoint];
       if (!status.ok()) {
-        ++lane->errors;
-        if (lane->first_error.empty()) {
-          lane->first_error = std::to_string(static_cast<int>(status.error_code())) + " " + status.error_message();
+        ++st.errors;
+        if (st.first_error.empty()) {
+          st.first_error = std::to_string(static_cast<int>(status.error_code())) + " " + status.error_message();
         }
       } else if (opt_.verify && static_cast<int64_t>(lane->response.data().size()) != expected_bytes_) {
-        ++lane->bad_answers;
+        ++st.bad_answers;
       } else {
         const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end - lane->started).count();
-        lane->latencies_ns.push_back(ns);
+        st.latencies_ns.push_back(ns);
         if (lane->response.has_compute_time_ms()) {
-          lane->net_ns.push_back(ns - static_cast<int64_t>(static_cast<double>(lane->response.compute_time_ms()) * 1e6));
+          const auto compute = static_cast<int64_t>(static_cast<double>(lane->response.compute_time_ms()) * 1e6);
+          st.net_ns.push_back(ns - compute);
+          st.compute_ns.push_back(compute);
+          st.queue_ns.push_back(static_cast<int64_t>(static_cast<double>(lane->response.queue_time_ms()) * 1e6));
         }
       }
     }
@@ -177,8 +207,7 @@ class Runner {
   }
 
   const Options& opt_;
-  pb::ComputeService::Stub* stub_;
-  const pb::ComputeRequest request_;
+  std::vector<Endpoint>& endpoints_;
   const int64_t expected_bytes_;
   std::vector<Lane> lanes_;
   Clock::time_point window_start_, window_end_;
@@ -216,6 +245,81 @@ int PrintServiceInfo(pb::ComputeService::Stub* stub, int64_t timeout_ms) {
   return 0;
 }
 
+// Prints one endpoint's results and appends its CSV row; returns false when it had
+// errors, wrong answers or no answer at all.
+bool Report(const Options& opt, const Endpoint& e, const std::vector<Lane>& lanes, size_t index, double window_s,
+            double cpu, size_t endpoints) {
+  std::vector<int64_t> lat, net, compute, queued;
+  int64_t errors = 0, bad = 0;
+  std::string first_error;
+  for (const auto& lane : lanes) {
+    const Stats& st = lane.stats[index];
+    lat.insert(lat.end(), st.latencies_ns.begin(), st.latencies_ns.end());
+    net.insert(net.end(), st.net_ns.begin(), st.net_ns.end());
+    compute.insert(compute.end(), st.compute_ns.begin(), st.compute_ns.end());
+    queued.insert(queued.end(), st.queue_ns.begin(), st.queue_ns.end());
+    errors += st.errors;
+    bad += st.bad_answers;
+    if (first_error.empty()) first_error = st.first_error;
+  }
+  std::sort(lat.begin(), lat.end());
+  std::sort(net.begin(), net.end());
+  std::sort(compute.begin(), compute.end());
+  std::sort(queued.begin(), queued.end());
+  // p50 of (latency - server-reported compute time); -1 when the server reports none.
+  const double net_p50 = net.empty() ? -1.0 : static_cast<double>(Percentile(net, 50)) / 1e3;
+  const int64_t ok = static_cast<int64_t>(lat.size());
+  double mean_us = 0;
+  for (int64_t v : lat) mean_us += static_cast<double>(v) / 1e3;
+  if (ok > 0) mean_us /= static_cast<double>(ok);
+  const double rps = static_cast<double>(ok) / window_s;
+  const double p50 = static_cast<double>(Percentile(lat, 50)) / 1e3, p90 = static_cast<double>(Percentile(lat, 90)) / 1e3,
+               p99 = static_cast<double>(Percentile(lat, 99)) / 1e3,
+               max = lat.empty() ? 0.0 : static_cast<double>(lat.back()) / 1e3;
+  // The client's CPU is shared by the endpoints in proportion to their calls.
+  const double share = endpoints > 1 ? 1.0 / static_cast<double>(endpoints) : 1.0;
+
+  std::printf("%s%s%s target=%s model=%s shape=%s concurrency=%d window=%.2fs%s\n", e.label.c_str(),
+              e.label.empty() ? "" : ": ", "loadgen", e.target.c_str(), e.model.empty() ? "(default)" : e.model.c_str(),
+              opt.shape.c_str(), opt.concurrency, window_s,
+              endpoints > 1 ? (" (one call in " + std::to_string(endpoints) + ")").c_str() : "");
+  std::printf("  requests/s %.1f   ok %lld   errors %lld   wrong-size answers %lld\n", rps, static_cast<long long>(ok),
+              static_cast<long long>(errors), static_cast<long long>(bad));
+  std::printf("  latency us: p50 %.0f  p90 %.0f  p99 %.0f  max %.0f  mean %.0f\n", p50, p90, p99, max, mean_us);
+  std::printf("  loadgen CPU %.2f s (%.1f us per request)\n", cpu * share,
+              ok > 0 ? cpu * share * 1e6 / static_cast<double>(ok) : 0.0);
+  if (net_p50 >= 0) {
+    std::printf("  latency minus server-reported compute time: p50 %.0f us   (compute time itself: p50 %.0f us; queue time: "
+                "p50 %.0f us)\n",
+                net_p50, static_cast<double>(Percentile(compute, 50)) / 1e3, static_cast<double>(Percentile(queued, 50)) / 1e3);
+  }
+  if (!first_error.empty()) std::printf("  first error: %s\n", first_error.c_str());
+
+  if (!opt.csv.empty()) {
+    bool fresh = true;
+    {
+      std::ifstream probe(opt.csv);
+      fresh = !probe.good() || probe.peek() == std::ifstream::traits_type::eof();
+    }
+    std::ofstream out(opt.csv, std::ios::app);
+    if (!out) {
+      std::fprintf(stderr, "loadgen: cannot write %s\n", opt.csv.c_str());
+      return false;
+    }
+    if (fresh) {
+      out << "label,model,shape,concurrency,window_s,ok,errors,bad,rps,p50_us,p90_us,p99_us,max_us,mean_us,"
+             "client_cpu_s,net_p50_us\n";
+    }
+    char row[512];
+    std::snprintf(row, sizeof row, "%s,%s,%s,%d,%.3f,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.1f,%.1f,%.3f,%.1f\n",
+                  e.label.c_str(), e.model.c_str(), opt.shape.c_str(), opt.concurrency, window_s,
+                  static_cast<long long>(ok), static_cast<long long>(errors), static_cast<long long>(bad), rps, p50, p90,
+                  p99, max, mean_us, cpu * share, net_p50);
+    out << row;
+  }
+  return errors == 0 && bad == 0 && ok > 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -230,22 +334,45 @@ int main(int argc, char** argv) {
   app.add_option("--requests", opt.max_requests, "stop after this many measured calls (0: run for --duration-s)")
       ->capture_default_str();
   app.add_option("--timeout-ms", opt.timeout_ms, "deadline of each call")->capture_default_str()->check(CLI::Range(1, 3600000));
-  app.add_option("--csv", opt.csv, "append one result row to this CSV file (header written when the file is new)");
+  app.add_option("--csv", opt.csv, "append one result row per endpoint to this CSV file (header written when the file is new)");
   app.add_option("--label", opt.label, "free text for the CSV row (e.g. server name)");
+  app.add_option("--alternate", opt.alternate,
+                 "LABEL=TARGET[#MODEL], repeatable: each lane sends its calls to these endpoints in turn (instead of "
+                 "--target/--model/--label) and each is reported on its own");
   app.add_flag("--service-info", opt.service_info, "print GetServiceInfo as key=value lines and exit");
   app.add_flag("!--no-verify", opt.verify, "do not check that each answer has as many bytes as the request");
   CLI11_PARSE(app, argc, argv);
 
+  std::vector<Endpoint> endpoints;
+  if (opt.alternate.empty()) {
+    endpoints.push_back(Endpoint{opt.label, opt.target, opt.model, nullptr, nullptr, {}});
+  } else {
+    for (const std::string& spec : opt.alternate) {
+      const size_t eq = spec.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+        std::fprintf(stderr, "loadgen: --alternate wants LABEL=TARGET[#MODEL], got '%s'\n", spec.c_str());
+        return 2;
+      }
+      const std::string rest = spec.substr(eq + 1);
+      const size_t hash = rest.find('#');
+      endpoints.push_back(Endpoint{spec.substr(0, eq), rest.substr(0, hash),
+                                   hash == std::string::npos ? "" : rest.substr(hash + 1), nullptr, nullptr, {}});
+    }
+  }
+
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(512 << 20);
   args.SetMaxSendMessageSize(512 << 20);
-  auto channel = grpc::CreateCustomChannel(opt.target, grpc::InsecureChannelCredentials(), args);
-  auto stub = pb::ComputeService::NewStub(channel);
-  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-    std::fprintf(stderr, "loadgen: cannot connect to %s\n", opt.target.c_str());
-    return 1;
+  for (Endpoint& e : endpoints) {
+    // One channel per endpoint (so never a shared connection between two of them).
+    e.channel = grpc::CreateCustomChannel(e.target, grpc::InsecureChannelCredentials(), args);
+    e.stub = pb::ComputeService::NewStub(e.channel);
+    if (!e.channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+      std::fprintf(stderr, "loadgen: cannot connect to %s\n", e.target.c_str());
+      return 1;
+    }
   }
-  if (opt.service_info) return PrintServiceInfo(stub.get(), opt.timeout_ms);
+  if (opt.service_info) return PrintServiceInfo(endpoints.front().stub.get(), opt.timeout_ms);
 
   std::vector<int32_t> shape;
   int64_t elements = 0;
@@ -253,21 +380,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "loadgen: bad --shape '%s'\n", opt.shape.c_str());
     return 2;
   }
-  // One request, built once and shared by every call (gRPC only reads it).
-  pb::ComputeRequest request;
-  request.set_model_id(opt.model);
-  for (int32_t d : shape) request.add_shape(d);
+  std::string bytes;
   {
     std::vector<float> values(static_cast<size_t>(elements));
     std::mt19937 rng(42);
     std::normal_distribution<float> normal(0.f, 1.f);
     for (auto& v : values) v = normal(rng);
-    request.set_data(values.data(), values.size() * sizeof(float));
+    bytes.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  }
+  for (Endpoint& e : endpoints) {
+    e.request.set_model_id(e.model);
+    for (int32_t d : shape) e.request.add_shape(d);
+    e.request.set_data(bytes);
   }
   const int64_t expected_bytes = elements * static_cast<int64_t>(sizeof(float));
 
   const double cpu0 = CpuSeconds();
-  Runner runner(opt, stub.get(), std::move(request), expected_bytes);
+  Runner runner(opt, &endpoints, expected_bytes);
   runner.Run();
   const double cpu = CpuSeconds() - cpu0;
   if (runner.abandoned()) {
@@ -275,61 +404,9 @@ int main(int argc, char** argv) {
     std::_Exit(3);  // calls still reference the runner: leave without destroying it
   }
   const double window_s = std::max(1e-9, std::chrono::duration<double>(runner.measured_end() - runner.window_start()).count());
-
-  std::vector<int64_t> lat, net;
-  int64_t errors = 0, bad = 0;
-  std::string first_error;
-  for (const auto& lane : runner.lanes()) {
-    lat.insert(lat.end(), lane.latencies_ns.begin(), lane.latencies_ns.end());
-    net.insert(net.end(), lane.net_ns.begin(), lane.net_ns.end());
-    errors += lane.errors;
-    bad += lane.bad_answers;
-    if (first_error.empty()) first_error = lane.first_error;
+  bool all_ok = true;
+  for (size_t i = 0; i < endpoints.size(); ++i) {
+    all_ok = Report(opt, endpoints[i], runner.lanes(), i, window_s, cpu, endpoints.size()) && all_ok;
   }
-  std::sort(lat.begin(), lat.end());
-  std::sort(net.begin(), net.end());
-  // p50 of (latency - server-reported compute time); -1 when the server reports none.
-  const double net_p50 = net.empty() ? -1.0 : static_cast<double>(Percentile(net, 50)) / 1e3;
-  const int64_t ok = static_cast<int64_t>(lat.size());
-  double mean_us = 0;
-  for (int64_t v : lat) mean_us += static_cast<double>(v) / 1e3;
-  if (ok > 0) mean_us /= static_cast<double>(ok);
-  const double rps = static_cast<double>(ok) / window_s;
-  const double p50 = static_cast<double>(Percentile(lat, 50)) / 1e3, p90 = static_cast<double>(Percentile(lat, 90)) / 1e3,
-               p99 = static_cast<double>(Percentile(lat, 99)) / 1e3,
-               max = lat.empty() ? 0.0 : static_cast<double>(lat.back()) / 1e3;
-
-  std::printf("%s%s%s target=%s model=%s shape=%s concurrency=%d window=%.2fs\n", opt.label.c_str(),
-              opt.label.empty() ? "" : ": ", "loadgen", opt.target.c_str(), opt.model.empty() ? "(default)" : opt.model.c_str(),
-              opt.shape.c_str(), opt.concurrency, window_s);
-  std::printf("  requests/s %.1f   ok %lld   errors %lld   wrong-size answers %lld\n", rps, static_cast<long long>(ok),
-              static_cast<long long>(errors), static_cast<long long>(bad));
-  std::printf("  latency us: p50 %.0f  p90 %.0f  p99 %.0f  max %.0f  mean %.0f\n", p50, p90, p99, max, mean_us);
-  std::printf("  loadgen CPU %.2f s (%.1f us per request)\n", cpu, ok > 0 ? cpu * 1e6 / static_cast<double>(ok) : 0.0);
-  if (net_p50 >= 0) std::printf("  latency minus server-reported compute time: p50 %.0f us\n", net_p50);
-  if (!first_error.empty()) std::printf("  first error: %s\n", first_error.c_str());
-
-  if (!opt.csv.empty()) {
-    bool fresh = true;
-    {
-      std::ifstream probe(opt.csv);
-      fresh = !probe.good() || probe.peek() == std::ifstream::traits_type::eof();
-    }
-    std::ofstream out(opt.csv, std::ios::app);
-    if (!out) {
-      std::fprintf(stderr, "loadgen: cannot write %s\n", opt.csv.c_str());
-      return 1;
-    }
-    if (fresh) {
-      out << "label,model,shape,concurrency,window_s,ok,errors,bad,rps,p50_us,p90_us,p99_us,max_us,mean_us,"
-             "client_cpu_s,net_p50_us\n";
-    }
-    char row[512];
-    std::snprintf(row, sizeof row, "%s,%s,%s,%d,%.3f,%lld,%lld,%lld,%.2f,%.1f,%.1f,%.1f,%.1f,%.1f,%.3f,%.1f\n",
-                  opt.label.c_str(), opt.model.c_str(), opt.shape.c_str(), opt.concurrency, window_s,
-                  static_cast<long long>(ok), static_cast<long long>(errors), static_cast<long long>(bad), rps, p50, p90,
-                  p99, max, mean_us, cpu, net_p50);
-    out << row;
-  }
-  return (errors > 0 || bad > 0 || ok == 0) ? 4 : 0;
+  return all_ok ? 0 : 4;
 }

@@ -19,7 +19,6 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${BUILD_DIR:-$REPO/build}}"
 BUILD="$(cd "$BUILD" && pwd)"
 QUICK="${QUICK:-0}"
-SPIN_AB="${SPIN_AB:-300}"  # idle_spin_us compared with 0 for the lone client
 if [[ "$QUICK" == 1 ]]; then
   DURATION_S="${DURATION_S:-3}"; WARMUP_S="${WARMUP_S:-1}"; MEM_REQUESTS="${MEM_REQUESTS:-10000}"
   INPROC_S="${INPROC_S:-1.5}"; CONC_TINY="1 8"; CONC_TRUNK="1 8"
@@ -176,10 +175,11 @@ server:
   max_message_bytes: 268435456
   drain_timeout_s: 5
   watch_config: false
-  log_level: info
+  log_level: info${SERVER_CPUS:+
+  cpus: "$SERVER_CPUS"}
 model_root: .
 devices:
-  cpu: {intra_op_threads: $intra, blas_threads: $blas, queue_capacity: 1024, idle_spin_us: ${SPIN:-0}}
+  cpu: {intra_op_threads: $intra, blas_threads: $blas, queue_capacity: 1024, idle_spin_us: ${SPIN:-0}${DEVICE_CPUS:+, cpus: "$DEVICE_CPUS"}}
 models:
 EOF
     local m first=true
@@ -200,6 +200,11 @@ ALL_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:2
 write_config "$WORK/t1.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
 write_config "$WORK/t2.yaml" 2 "$NPROC" "${ALL_MODELS[@]}"
 write_config "$WORK/t3.yaml" 1 1 "${ALL_MODELS[@]}"
+# Pinned: the daemon's own threads (gRPC) on CPU 0, the device worker and OpenBLAS on
+# the others (devices.cpu.cpus, server.cpus).
+PIN_DEV="1"; [[ "$NPROC" -gt 2 ]] && PIN_DEV="1-$(( NPROC - 1 ))"
+PIN_BLAS=$(( NPROC > 1 ? NPROC - 1 : 1 ))
+[[ "$NPROC" -ge 2 ]] && SERVER_CPUS=0 DEVICE_CPUS="$PIN_DEV" write_config "$WORK/t4.yaml" 1 "$PIN_BLAS" "${ALL_MODELS[@]}"
 write_config "$WORK/mem.yaml" 1 "$NPROC" trunk:trunk:8 tiny:tiny:8
 
 # ------------------------------------------------------------------ machine
@@ -233,14 +238,17 @@ fi
 } >"$WORK/machine.txt"
 
 # ------------------------------------------------------------------ in-process limit
-# inprocess INTRA BLAS: the compute limit, timed right before the daemon runs with the
-# same thread settings (the machine is shared; adjacent runs see similar load).
+# inprocess INTRA BLAS [LABEL [CPUS]]: the compute limit, timed right before the daemon
+# runs with the same thread settings (the machine is shared; adjacent runs see similar
+# load); with CPUS, on those CPUs only (taskset), as a pinned device worker.
 inprocess() {
-  log "in-process forward (the compute limit), intra-op $1, BLAS $2"
+  log "in-process forward (the compute limit), intra-op $1, BLAS $2${4:+, CPUs $4}"
   local m cmd
   for m in tiny trunk; do
-    cmd=("$INPROC" --model "$WORK/$m.pt" --shape 1x10x768 --batch 1 8 --duration-s "$INPROC_S"
-         --intra-op-threads "$1" --blas-threads "$2" --csv "$INPROC_CSV" --label "intra$1-blas$2")
+    cmd=()
+    [[ -z "${4:-}" ]] || cmd=(taskset -c "$4")
+    cmd+=("$INPROC" --model "$WORK/$m.pt" --shape 1x10x768 --batch 1 8 --duration-s "$INPROC_S"
+         --intra-op-threads "$1" --blas-threads "$2" --csv "$INPROC_CSV" --label "${3:-intra$1-blas$2}")
     record "${cmd[*]}"
     timeout 300 "${cmd[@]}" | sed 's/^/    /'
   done
@@ -262,35 +270,6 @@ loadgen_info >"$WORK/splitlearnd-info.txt"
 point identity 1x10x768 1
 for c in $CONC_TINY; do point tiny 1x10x768 "$c"; done
 point trunk 1x10x768 1
-# Batching on (max_delay_us 0) vs off for one lone client: three pairs in the order
-# on off, off on, on off (drift in the machine's load cancels), half-length points.
-half=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", d / 2 }')
-for i in 1 2 3; do
-  order="trunk trunk-nobatch"; [[ "$i" == 2 ]] && order="trunk-nobatch trunk"
-  for m in $order; do SERVER_LABEL="splitlearnd-lone$i" DURATION_S="$half" point "$m" 1x10x768 1; done
-done
-# Idle spin on and off for one lone client: devices.cpu.idle_spin_us changed in place
-# (rewrite the config, SIGHUP), three pairs in alternating order, half-length points.
-reload_spin() {
-  local logf="$WORK/splitlearnd.log" before
-  before=$(grep -c "reload done" "$logf" || true)
-  SPIN="$1" write_config "$WORK/t1.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
-  kill -HUP "$SERVER_PID"
-  for _ in $(seq 1 300); do
-    [[ $(grep -c "reload done" "$logf" || true) -gt $before ]] && return 0
-    sleep 0.1
-  done
-  echo "run.sh: no 'reload done' after setting idle_spin_us $1" >&2; return 1
-}
-for i in 1 2 3; do
-  order="0 $SPIN_AB"; [[ "$i" == 2 ]] && order="$SPIN_AB 0"
-  for sp in $order; do
-    reload_spin "$sp"
-    SERVER_LABEL="splitlearnd-spin$sp-$i" DURATION_S="$half" point tiny 1x10x768 1
-    SERVER_LABEL="splitlearnd-spin$sp-$i" DURATION_S="$half" point trunk 1x10x768 1
-  done
-done
-reload_spin "${SPIN:-0}"
 for c in $CONC_TRUNK; do [[ "$c" == 1 ]] || point trunk 1x10x768 "$c"; done
 point trunk-nobatch 1x10x768 8
 point trunk-wait 1x10x768 8
@@ -298,11 +277,13 @@ point identity 8x1024x1024 1
 loadgen_info >"$WORK/splitlearnd-info-end.txt"
 stop_server
 
-for t in "2 $NPROC t2" "1 1 t3"; do
+settings=("2 $NPROC t2" "1 1 t3")
+[[ "$NPROC" -ge 2 ]] && settings+=("1 $PIN_BLAS t4 pinned $PIN_DEV")
+for t in "${settings[@]}"; do
   set -- $t
-  inprocess "$1" "$2"
-  log "splitlearnd, intra-op $1, BLAS $2"
-  start_server "splitlearnd-intra$1-blas$2" "$SPLITLEARND" --config "$WORK/$3.yaml" --log-format text
+  inprocess "$1" "$2" "${4:-}" "${5:-}"
+  log "splitlearnd, intra-op $1, BLAS $2${4:+, $4}"
+  start_server "splitlearnd-${4:-intra$1-blas$2}" "$SPLITLEARND" --config "$WORK/$3.yaml" --log-format text
   point tiny 1x10x768 1
   point tiny 1x10x768 8
   point trunk 1x10x768 1
@@ -328,6 +309,71 @@ point tiny 1x10x768 8
 point trunk 1x10x768 1
 point trunk 1x10x768 8
 stop_server
+
+# ------------------------------------------------------------------ side by side
+# The checks' ratios, measured with the servers they compare up at the same time, so
+# that a change in the shared machine's load falls on both sides alike:
+#  - one load generator alternating call by call between endpoints (--alternate), for
+#    latencies at 1 in flight (checks 1 and 3);
+#  - short points of each server in turn, three pairs in alternating order, for
+#    throughput at 8 in flight (checks 2a, 2b, 2c); the median pair is quoted.
+log "side by side: echo, splitlearnd and the reference up together"
+start_server echo-sbs "$ECHO_BIN" --listen 127.0.0.1:0
+ECHO_PID=$SERVER_PID; ECHO_ADDR=$SERVER_ADDR
+start_server reference-sbs "$PY" "$REPO/bench/reference_server.py" --stubs "$STUBS" \
+  --model "tiny=$WORK/tiny.pt" --model "trunk=$WORK/trunk.pt"
+REF_PID=$SERVER_PID; REF_ADDR=$SERVER_ADDR
+start_server splitlearnd-sbs "$SPLITLEARND" --config "$WORK/t1.yaml" --log-format text
+SL_PID=$SERVER_PID; SL_ADDR=$SERVER_ADDR
+use_server() { SERVER_LABEL="$1"; SERVER_PID="$2"; SERVER_ADDR="$3"; }
+
+# alternate SECONDS CONC ENDPOINT...: one loadgen, calls taken in turn by the endpoints.
+alternate() {
+  local secs="$1" conc="$2"; shift 2
+  local cmd=("$LOADGEN" --shape 1x10x768 --concurrency "$conc" --duration-s "$secs" --warmup-s "$WARMUP_S"
+             --csv "$LOADGEN_CSV")
+  local e; for e in "$@"; do cmd+=(--alternate "$e"); done
+  record "${cmd[*]}"
+  timeout $(( ${secs%.*} + 180 )) "${cmd[@]}" | sed 's/^/    /' || log "loadgen reported errors (see the CSV)"
+}
+inprocess_one() {  # inprocess_one LABEL MODEL BATCH [ARGS]: one in-process point, default threads
+  local label="$1" model="$2" batch="$3"; shift 3
+  local cmd=("$INPROC" --model "$WORK/$model.pt" --shape 1x10x768 --batch "$batch" --duration-s "$INPROC_S"
+             --intra-op-threads 1 --blas-threads "$NPROC" --csv "$INPROC_CSV" --label "$label" "$@")
+  record "${cmd[*]}"
+  timeout 300 "${cmd[@]}" | sed 's/^/    /'
+}
+alt_s=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", 3 * d }')
+# Check 1: echo, splitlearnd tiny and splitlearnd identity call by call, between two
+# in-process timings of the tiny forward.
+inprocess_one sbs-before tiny 1
+alternate "$alt_s" 1 "sbs-echo=$ECHO_ADDR" "sbs-splitlearnd=$SL_ADDR#tiny" "sbs-splitlearnd-identity=$SL_ADDR#identity"
+inprocess_one sbs-after tiny 1
+# Diagnostic: the same forward with a 250 µs sleep before each call, about the time a
+# server's worker waits for the network between two calls.
+inprocess_one sbs-gap tiny 1 --gap-us 250
+# Check 3: trunk with batching on (max_delay_us 0) and off, call by call, one daemon.
+alternate "$alt_s" 1 "sbs-lone-on=$SL_ADDR#trunk" "sbs-lone-off=$SL_ADDR#trunk-nobatch"
+# Checks 2a/2b/2c: three pairs of half-length points, order alternating.
+half=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", d / 2 }')
+for i in 1 2 3; do
+  order="ref sl"; [[ "$i" == 2 ]] && order="sl ref"
+  for who in $order; do
+    if [[ "$who" == ref ]]; then use_server "reference-pair$i" "$REF_PID" "$REF_ADDR"
+    else use_server "splitlearnd-pair$i" "$SL_PID" "$SL_ADDR"; fi
+    DURATION_S="$half" point tiny 1x10x768 8
+    DURATION_S="$half" point trunk 1x10x768 8
+  done
+  order="inp sl"; [[ "$i" == 2 ]] && order="sl inp"
+  for who in $order; do
+    if [[ "$who" == inp ]]; then inprocess_one "pair$i" trunk 8
+    else use_server "splitlearnd-pair$i" "$SL_PID" "$SL_ADDR"; DURATION_S="$half" point trunk-wait 1x10x768 8; fi
+  done
+done
+for t in "splitlearnd-sbs $SL_PID" "reference-sbs $REF_PID" "echo-sbs $ECHO_PID"; do
+  set -- $t
+  SERVER_LABEL="$1"; SERVER_PID="$2"; stop_server
+done
 
 # ------------------------------------------------------------------ memory
 log "memory: RSS idle with the trunk loaded, then after $MEM_REQUESTS requests"
@@ -356,5 +402,5 @@ echo "run time: $(( $(date +%s) - T_START )) s" >>"$WORK/machine.txt"
 log "writing $OUT_DOC and plots in $PLOTS"
 mkdir -p "$PLOTS"
 "$PY" "$REPO/bench/report.py" --work "$WORK" --doc "$OUT_DOC" --plots "$PLOTS" --quick "$QUICK" \
-  --duration-s "$DURATION_S" --warmup-s "$WARMUP_S" --mem-requests "$MEM_REQUESTS" --nproc "$NPROC" --spin-ab "$SPIN_AB"
+  --duration-s "$DURATION_S" --warmup-s "$WARMUP_S" --mem-requests "$MEM_REQUESTS" --nproc "$NPROC"
 log "done (raw results in $WORK)"
