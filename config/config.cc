@@ -245,7 +245,7 @@ class Parser {
 
   ModelConfig ParseModel(const YAML::Node& node, size_t index) const {
     std::string k = "models[" + std::to_string(index) + "]";
-    ExpectMap(node, k, {"id", "path", "device", "default", "sha256", "warmup", "batching", "timeout_ms",
+    ExpectMap(node, k, {"id", "path", "device", "default", "sha256", "warmup", "batching", "timeout_ms", "blas_threads",
                         "compute_dtype", "sessions", "training"});
     ModelConfig m;
     if (!node["id"]) Fail(node, k, "missing 'id'");
@@ -295,6 +295,8 @@ class Parser {
         if (v["max_delay_us"]) m.batching.max_delay_us = Int(v["max_delay_us"], key + ".max_delay_us", 0, 10'000'000);
       } else if (field == "timeout_ms") {
         m.timeout_ms = Int(v, key, 0, 3'600'000);
+      } else if (field == "blas_threads") {
+        m.blas_threads = static_cast<int>(Int(v, key, 0, 1024));
       } else if (field == "compute_dtype") {
         const auto name = String(v, key);
         m.compute_dtype = DTypeFromName(name);
@@ -417,6 +419,7 @@ bool ModelConfig::operator==(const ModelConfig& o) const {
          sha256 == o.sha256 && warmup.runs == o.warmup.runs &&
          batching.max_batch_size == o.batching.max_batch_size &&
          batching.max_delay_us == o.batching.max_delay_us && timeout_ms == o.timeout_ms &&
+         blas_threads == o.blas_threads &&
          compute_dtype == o.compute_dtype && sessions.max_sessions == o.sessions.max_sessions &&
          sessions.idle_timeout_s == o.sessions.idle_timeout_s && sessions.max_bytes == o.sessions.max_bytes &&
          training.enabled == o.training.enabled && training.optimizer == o.training.optimizer &&

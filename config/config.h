@@ -116,6 +116,7 @@ struct ModelConfig {
   WarmupConfig warmup;
   BatchingConfig batching;
   int64_t timeout_ms = 0;  // 0: only the client's deadline applies
+  int blas_threads = 0;    // OpenBLAS threads for this model's forwards (cpu only); 0: devices.cpu.blas_threads
   std::optional<DType> compute_dtype;  // inputs are converted to it before forward()
   SessionConfig sessions;
   TrainingConfig training;

@@ -44,7 +44,7 @@ int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency())
 // which libblas.so.3 exports when the OpenBLAS alternative is selected.
 bool SetBlasThreads(int n) {
   using Fn = void (*)(int);
-  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  static const auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
   if (!fn) return false;
   fn(n);
   return true;
@@ -62,6 +62,15 @@ int PinBlasHelpers(int threads, const std::vector<int>& cpus) {
   int pinned = 0;
   for (int i = 0; i + 1 < threads; ++i) pinned += fn(i, sizeof set, &set) == 0 ? 1 : 0;
   return pinned;
+}
+
+// The OpenBLAS thread count for the next multiplies: the device worker switches it
+// between models that set their own (models[].blas_threads). openblas_set_num_threads
+// only stores the number while it does not exceed the threads already started.
+void UseBlasThreads(int n) {
+  static std::atomic<int> current{0};
+  if (n <= 0 || current.load(std::memory_order_relaxed) == n) return;
+  if (SetBlasThreads(n)) current.store(n, std::memory_order_relaxed);
 }
 
 std::string BlasName() {
@@ -207,7 +216,8 @@ class TorchScriptModel final : public Model {
  public:
   TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device)
       : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)),
-        training_(config.training) {
+        training_(config.training),
+        blas_threads_(device.is_cpu() ? config.blas_threads : 0) {
     const auto& schema = module_.get_method("forward").function().getSchema();
     const auto& args = schema.arguments();
     for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
@@ -253,6 +263,11 @@ class TorchScriptModel final : public Model {
 
   const std::string& id() const override { return id_; }
   const std::string& device() const override { return device_name_; }
+
+  // On the cpu worker, before a forward: this model's OpenBLAS thread count.
+  void ApplyBlasThreads() const {
+    if (device_.is_cpu()) UseBlasThreads(blas_threads_ > 0 ? blas_threads_ : g_blas.load());
+  }
   int64_t ParameterBytes() const override { return parameter_bytes_; }
 
   ModelStats Stats() const override {
@@ -275,6 +290,7 @@ class TorchScriptModel final : public Model {
   }
 
   std::vector<StatusOr<InferenceResult>> Run(const std::vector<const InferenceRequest*>& batch) const override {
+    ApplyBlasThreads();
     std::vector<StatusOr<InferenceResult>> results;
     results.reserve(batch.size());
     if (batch.size() > 1) {
@@ -344,6 +360,7 @@ class TorchScriptModel final : public Model {
   }
 
   StatusOr<InferenceResult> Backward(const BackwardRequest& request) const override {
+    ApplyBlasThreads();
     auto it = graphs_.find(request.forward_id);
     if (it == graphs_.end()) {
       return NotFound("unknown or expired forward_id '" + request.forward_id + "' for model '" + id_ + "'");
@@ -778,6 +795,7 @@ class TorchScriptModel final : public Model {
   bool takes_cache_ = false;
   int64_t parameter_bytes_ = 0;
   const TrainingConfig training_;
+  const int blas_threads_;  // 0: the process's setting (and always 0 off the CPU)
   std::vector<at::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
 

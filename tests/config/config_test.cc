@@ -63,6 +63,7 @@ models:
     warmup: {inputs: [{shape: [1, 10, 768], dtype: float16}], runs: 3}
     batching: {max_batch_size: 8, max_delay_us: 500}
     timeout_ms: 100
+    blas_threads: 1
     sessions: {max_sessions: 2, idle_timeout_s: 1.5, max_bytes: 1000}
     training: {enabled: true, optimizer: adam, learning_rate: 0.01}
   - id: b
@@ -76,6 +77,8 @@ models:
   CHECK(c->models[0].warmup.inputs[0].shape == std::vector<int64_t>{1, 10, 768});
   CHECK(c->models[0].batching.max_batch_size == 8);
   CHECK(c->models[0].training.optimizer == "adam");
+  CHECK(c->models[0].blas_threads == 1);
+  CHECK(c->models[1].blas_threads == 0);
   CHECK(c->models[1].device == "cuda:1");
   CHECK(c->DefaultModel()->id == "a");
 }
