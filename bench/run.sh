@@ -185,27 +185,33 @@ EOF
     local m first=true
     for m in "$@"; do
       local id path batch delay
-      IFS=: read -r id path batch delay <<<"$m"
+      IFS=: read -r id path batch delay blas <<<"$m"
       echo "  - id: $id"
       echo "    path: $path.pt"
       $first && echo "    default: true"
       first=false
       echo "    warmup: {inputs: [{shape: [1, 10, 768], dtype: float32}], runs: 3}"
       echo "    batching: {max_batch_size: $batch, max_delay_us: ${delay:-0}}"
+      [[ -z "$blas" ]] || echo "    blas_threads: $blas"
     done
   } >"$file"
 }
 # id:file:max_batch_size[:max_delay_us]
-ALL_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:2000 identity:identity:8)
+# id:file:max_batch_size[:max_delay_us[:blas_threads]]. The tiny shard runs on one
+# OpenBLAS thread (models[].blas_threads), as docs/threading.md recommends for small
+# models; the thread-settings configs (t2-t4) leave every model on the device's setting.
+ALL_MODELS=(tiny:tiny:8:0:1 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
+PLAIN_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
 write_config "$WORK/t1.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
-write_config "$WORK/t2.yaml" 2 "$NPROC" "${ALL_MODELS[@]}"
-write_config "$WORK/t3.yaml" 1 1 "${ALL_MODELS[@]}"
+write_config "$WORK/t1-plain.yaml" 1 "$NPROC" "${PLAIN_MODELS[@]}"
+write_config "$WORK/t2.yaml" 2 "$NPROC" "${PLAIN_MODELS[@]}"
+write_config "$WORK/t3.yaml" 1 1 "${PLAIN_MODELS[@]}"
 # Pinned: the daemon's own threads (gRPC) on CPU 0, the device worker and OpenBLAS on
 # the others (devices.cpu.cpus, server.cpus).
 PIN_DEV="1"; [[ "$NPROC" -gt 2 ]] && PIN_DEV="1-$(( NPROC - 1 ))"
 PIN_BLAS=$(( NPROC > 1 ? NPROC - 1 : 1 ))
-[[ "$NPROC" -ge 2 ]] && SERVER_CPUS=0 DEVICE_CPUS="$PIN_DEV" write_config "$WORK/t4.yaml" 1 "$PIN_BLAS" "${ALL_MODELS[@]}"
-write_config "$WORK/mem.yaml" 1 "$NPROC" trunk:trunk:8 tiny:tiny:8
+[[ "$NPROC" -ge 2 ]] && SERVER_CPUS=0 DEVICE_CPUS="$PIN_DEV" write_config "$WORK/t4.yaml" 1 "$PIN_BLAS" "${PLAIN_MODELS[@]}"
+write_config "$WORK/mem.yaml" 1 "$NPROC" trunk:trunk:8 tiny:tiny:8:0:1
 
 # ------------------------------------------------------------------ machine
 # WAIT_QUIET=N: wait up to N minutes for the 1-minute load average to fall below 1
@@ -277,7 +283,7 @@ point identity 8x1024x1024 1
 loadgen_info >"$WORK/splitlearnd-info-end.txt"
 stop_server
 
-settings=("2 $NPROC t2" "1 1 t3")
+settings=("1 $NPROC t1-plain plain" "2 $NPROC t2" "1 1 t3")
 [[ "$NPROC" -ge 2 ]] && settings+=("1 $PIN_BLAS t4 pinned $PIN_DEV")
 for t in "${settings[@]}"; do
   set -- $t
