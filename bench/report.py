@@ -323,6 +323,15 @@ def main():
     sinfo = read_kv(os.path.join(a.work, "splitlearnd-info.txt"))
     L = []
     w = L.append
+
+    def latency_rows(rows):
+        """Table rows (p50/p90/p99 and latency − compute) of 1-in-flight tiny points."""
+        for label, model, name in rows:
+            r = res.point(label, model, TINY, 1)
+            if r:
+                netv = float(r.get("net_p50_us") or -1)
+                w(f"| {name} | {fmt(float(r['p50_us']))} | {fmt(float(r['p90_us']))} | {fmt(float(r['p99_us']))} | "
+                  f"{fmt(netv) if netv >= 0 else ''} |")
     w("# Benchmarks")
     w("")
     w("splitlearnd side by side with the limits it is measured against and the Python server it replaces, "
@@ -442,14 +451,9 @@ def main():
     if inp_gap is not None:
         w(f"| in-process forward, batch 1, 250 µs sleep before each (diagnostic) | {fmt(inp_gap)} | "
           f"{fmt(res.inp('sbs-gap', 'tiny', 1, 'p90_us'))} | | |")
-    for label, model, name in (("sbs-echo", "", "echo round trip (same bytes)"),
-                               ("sbs-splitlearnd-identity", "identity", "splitlearnd, identity shard"),
-                               ("sbs-splitlearnd", "tiny", "splitlearnd, tiny shard")):
-        r = res.point(label, model, TINY, 1)
-        if r:
-            netv = float(r.get("net_p50_us") or -1)
-            w(f"| {name} | {fmt(float(r['p50_us']))} | {fmt(float(r['p90_us']))} | {fmt(float(r['p99_us']))} | "
-              f"{fmt(netv) if netv >= 0 else ''} |")
+    latency_rows((("sbs-echo", "", "echo round trip (same bytes)"),
+                  ("sbs-splitlearnd-identity", "identity", "splitlearnd, identity shard"),
+                  ("sbs-splitlearnd", "tiny", "splitlearnd, tiny shard")))
     w("")
     if own is not None:
         w(f"splitlearnd's p50 minus the forward's is {fmt(over)} µs; the echo server's round trip for the same bytes is "
@@ -471,13 +475,8 @@ def main():
     w("| what | p50 µs | p90 µs | p99 µs | p50 of latency − reported compute µs |")
     w("|---|---|---|---|---|")
     w(f"| in-process forward, batch 1 | {fmt(res.inp(default_inp, 'tiny', 1, 'p50_us'))} | {fmt(res.inp(default_inp, 'tiny', 1, 'p90_us'))} | | |")
-    for label, model, name in (("echo", "", "echo round trip (same bytes)"), (S, "identity", "splitlearnd, identity shard"),
-                               (S, "tiny", "splitlearnd, tiny shard"), ("reference", "tiny", "reference, tiny shard")):
-        r = res.point(label, model, TINY, 1)
-        if r:
-            netv = float(r.get("net_p50_us") or -1)
-            w(f"| {name} | {fmt(float(r['p50_us']))} | {fmt(float(r['p90_us']))} | {fmt(float(r['p99_us']))} | "
-              f"{fmt(netv) if netv >= 0 else ''} |")
+    latency_rows((("echo", "", "echo round trip (same bytes)"), (S, "identity", "splitlearnd, identity shard"),
+                  (S, "tiny", "splitlearnd, tiny shard"), ("reference", "tiny", "reference, tiny shard")))
     w("")
 
     # 2 side by side
