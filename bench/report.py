@@ -97,6 +97,13 @@ def fmt(v, digits=0, unit=""):
     return f"{v:,.{digits}f}{unit}"
 
 
+def signed(v):
+    """fmt() with an explicit sign: +12, −6."""
+    if v is None:
+        return fmt(v)
+    return ("+" if v >= 0 else "−") + fmt(abs(v))
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0:
         return None
@@ -461,7 +468,7 @@ def main():
           f"share has two parts. Outside the forward (latency minus the compute time the daemon reports for the "
           f"call: decode, queue hand-off to the device worker and back, encode) it is {fmt(own_net)} µs; the "
           f"identity shard, whose forward is near zero, shows the same: {fmt(s_id1)} µs vs echo {fmt(echo_p50)} µs "
-          f"(+{fmt(None if s_id1 is None or echo_p50 is None else s_id1 - echo_p50)} µs). The rest is the forward "
+          f"({signed(None if s_id1 is None or echo_p50 is None else s_id1 - echo_p50)} µs). The rest is the forward "
           f"itself running slower inside the daemon than in a tight in-process loop: a worker that waits a few "
           f"hundred microseconds between calls (for the network round trip) meets a colder CPU each time. "
           f"The diagnostic row shows that effect without any server: with a 250 µs sleep before each call the "
