@@ -422,6 +422,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> warnings;
     Status files = Authenticator::Prepare(c->server.auth, &warnings).status();
     if (files.ok() && c->server.tls) files = LoadTlsMaterial(*c->server.tls, &warnings).status();
+    if (files.ok()) files = CheckConfigCpus(*c);  // against this process's CPUs (run it as the service runs)
     for (const auto& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     if (!files.ok()) {
       std::fprintf(stderr, "%s\n", files.message().c_str());

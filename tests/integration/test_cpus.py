@@ -6,9 +6,11 @@ refuse the start, or the reload (and then nothing changes and every model keeps 
 """
 import os
 import signal
+import subprocess
 import unittest
 
-from lifecycle import Daemon, compute, management_pb2, model_entry, now_ms, wait_until, write_add_model
+from lifecycle import (SPLITLEARND_BIN, Daemon, compute, management_pb2, model_entry, now_ms, wait_until,
+                       write_add_model)
 
 ALLOWED = sorted(os.sched_getaffinity(0))
 NOT_ALLOWED = next(c for c in range(1023, -1, -1) if c not in ALLOWED)
@@ -99,6 +101,11 @@ class CpuPlacement(unittest.TestCase):
         self.assertIn("server.cpus", str(refused.exception))
         self.assertIn("not available to this process", str(refused.exception))
         self.assertNotEqual(d.proc.returncode, 0)
+        # --check-config says the same without starting anything.
+        checked = subprocess.run([SPLITLEARND_BIN, "--check-config", d.config_path], capture_output=True, text=True,
+                                 timeout=60)
+        self.assertEqual(checked.returncode, 1, checked.stdout + checked.stderr)
+        self.assertIn("server.cpus", checked.stderr)
 
 
 if __name__ == "__main__":
