@@ -67,8 +67,15 @@ int PinBlasHelpers(int threads, const std::vector<int>& cpus) {
 // The OpenBLAS thread count for the next multiplies: the device worker switches it
 // between models that set their own (models[].blas_threads). openblas_set_num_threads
 // only stores the number while it does not exceed the threads already started.
+// n <= 0: the process's count (ConfigureTorchThreads', else what OpenBLAS started with).
 void UseBlasThreads(int n) {
   static std::atomic<int> current{0};
+  static const int initial = [] {
+    using Fn = int (*)();
+    auto get = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    return get ? get() : 0;
+  }();
+  if (n <= 0) n = g_blas.load() > 0 ? g_blas.load() : initial;
   if (n <= 0 || current.load(std::memory_order_relaxed) == n) return;
   if (SetBlasThreads(n)) current.store(n, std::memory_order_relaxed);
 }
@@ -266,7 +273,7 @@ class TorchScriptModel final : public Model {
 
   // On the cpu worker, before a forward: this model's OpenBLAS thread count.
   void ApplyBlasThreads() const {
-    if (device_.is_cpu()) UseBlasThreads(blas_threads_ > 0 ? blas_threads_ : g_blas.load());
+    if (device_.is_cpu()) UseBlasThreads(blas_threads_);
   }
   int64_t ParameterBytes() const override { return parameter_bytes_; }
 

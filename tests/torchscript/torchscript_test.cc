@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <dlfcn.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -113,6 +115,37 @@ TEST_CASE("a merged batch gives the same numbers as one request at a time") {
     REQUIRE(a.size() == b.size());
     for (size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).margin(1e-6));
   }
+}
+
+TEST_CASE("a model's own blas_threads is in force for its forwards, the process's for the others") {
+  using GetFn = int (*)();
+  auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (!get) {
+    WARN("OpenBLAS is not the BLAS here (openblas_get_num_threads not found): nothing to check");
+    return;
+  }
+  ThreadSettings threads;  // as the daemon does before any model runs (a no-op when done already)
+  threads.intra_op_threads = 1;
+  threads.inter_op_threads = 1;
+  ConfigureTorchThreads(threads);
+  const int process = EffectiveTorchThreads().blas_threads;
+  REQUIRE(process >= 1);
+  TempDir dir;
+  ShardSpec spec;
+  spec.kind = ShardSpec::Kind::kTiny;
+  spec.hidden = 16;
+  REQUIRE(WriteShard(dir / "tiny.pt", spec).ok());
+  auto own_cfg = ModelCfg("own", dir / "tiny.pt");
+  own_cfg.blas_threads = 1;
+  auto own = Load(own_cfg);
+  auto plain = Load(ModelCfg("plain", dir / "tiny.pt"));
+  auto in = Input({1, 16}, 3);
+  REQUIRE(own->Run({&in.request})[0].ok());
+  CHECK(get() == 1);
+  REQUIRE(plain->Run({&in.request})[0].ok());
+  CHECK(get() == process);
+  REQUIRE(own->Run({&in.request})[0].ok());
+  CHECK(get() == 1);
 }
 
 TEST_CASE("output dtype conversion and the legacy float32 default") {
