@@ -40,7 +40,7 @@ Status Pin(pthread_t thread, const std::vector<int>& cpus) {
 }  // namespace
 
 StatusOr<std::vector<int>> ParseCpuList(const std::string& text) {
-  std::vector<int> cpus;
+  std::vector<bool> listed(kMaxCpu + 1, false);  // linear in the text, however many ranges repeat
   if (text.empty()) return InvalidArgument("empty CPU list");
   size_t pos = 0;
   while (pos <= text.size()) {
@@ -54,11 +54,13 @@ StatusOr<std::vector<int>> ParseCpuList(const std::string& text) {
                                               : ParseInt(part.substr(0, dash), &lo) && ParseInt(part.substr(dash + 1), &hi);
     if (!ok || lo > hi) return InvalidArgument("'" + part + "' is not a CPU or a range of CPUs (e.g. 1 or 0-3)");
     if (hi > kMaxCpu) return InvalidArgument("CPU " + std::to_string(hi) + " is out of range (0-" + std::to_string(kMaxCpu) + ")");
-    for (int c = lo; c <= hi; ++c) cpus.push_back(c);
+    for (int c = lo; c <= hi; ++c) listed[static_cast<size_t>(c)] = true;
     pos = comma + 1;
   }
-  std::sort(cpus.begin(), cpus.end());
-  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  std::vector<int> cpus;
+  for (int c = 0; c <= kMaxCpu; ++c) {
+    if (listed[static_cast<size_t>(c)]) cpus.push_back(c);
+  }
   return cpus;
 }
 
