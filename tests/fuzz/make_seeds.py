@@ -51,6 +51,7 @@ def compute_seeds():
 def config_seeds():
     write("fuzz_config", "minimal.yaml", b"models:\n  - id: m\n    path: m.pt\n")
     write("fuzz_config", "full.yaml", b"""server:
+  cpus: [0, 1]
   listen: "127.0.0.1:0"
   management_listen: "unix:/tmp/x.sock"
   metrics_listen: "127.0.0.1:0"
@@ -61,7 +62,7 @@ def config_seeds():
   max_tensor_elements: 4096
 model_root: .
 devices:
-  cpu: {intra_op_threads: 2, queue_capacity: 16, max_models: 4, memory_budget_bytes: 1000000, evict_lru: true}
+  cpu: {intra_op_threads: 2, queue_capacity: 16, max_models: 4, memory_budget_bytes: 1000000, evict_lru: true, cpus: "0-1,3"}
   "cuda:0": {queue_capacity: 8}
 models:
   - id: trunk
@@ -72,6 +73,7 @@ models:
     warmup: {inputs: [{name: x, shape: [1, 4, 8], dtype: float32}], runs: 2}
     batching: {max_batch_size: 8, max_delay_us: 500}
     timeout_ms: 5000
+    blas_threads: 1
     compute_dtype: bfloat16
     sessions: {max_sessions: 4, idle_timeout_s: 30, max_bytes: 1000000}
     training: {enabled: true, optimizer: adam, learning_rate: 0.001, momentum: 0.9,
