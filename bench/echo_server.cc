@@ -9,65 +9,22 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
-#include <deque>
-#include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 
 #include "compute.grpc.pb.h"
+#include "manager/task_thread.h"
 
 namespace {
 
 namespace pb = splitlearn::comm;
 
-// Diagnostic (--handoff): one worker thread that answers each call, the way a device
-// worker does, so that echo with and without it isolates the cost of the hand-off.
-class Worker {
- public:
-  Worker() : thread_([this] { Loop(); }) {}
-  ~Worker() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_one();
-    thread_.join();
-  }
-  void Post(std::function<void()> fn) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      jobs_.push_back(std::move(fn));
-    }
-    cv_.notify_one();
-  }
-
- private:
-  void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (true) {
-      cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
-      if (stop_) return;
-      auto fn = std::move(jobs_.front());
-      jobs_.pop_front();
-      lock.unlock();
-      fn();
-      lock.lock();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stop_ = false;
-  std::thread thread_;
-};
-
 class EchoService final : public pb::ComputeService::CallbackService {
  public:
-  explicit EchoService(Worker* worker) : worker_(worker) {}
+  // worker (--handoff, diagnostic): answer each call from this one thread, the way a
+  // device worker does, so that echo with and without it isolates the hand-off's cost.
+  explicit EchoService(splitlearnd::TaskThread* worker) : worker_(worker) {}
 
   grpc::ServerUnaryReactor* Compute(grpc::CallbackServerContext* ctx, const pb::ComputeRequest* req,
                                     pb::ComputeResponse* resp) override {
@@ -105,7 +62,7 @@ class EchoService final : public pb::ComputeService::CallbackService {
   }
 
  private:
-  Worker* worker_;
+  splitlearnd::TaskThread* worker_;
 };
 
 }  // namespace
@@ -128,8 +85,8 @@ int main(int argc, char** argv) {
   sigaddset(&stop, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
-  std::unique_ptr<Worker> worker;
-  if (handoff) worker = std::make_unique<Worker>();
+  std::unique_ptr<splitlearnd::TaskThread> worker;
+  if (handoff) worker = std::make_unique<splitlearnd::TaskThread>();
   EchoService service(worker.get());
   grpc::ServerBuilder builder;
   int port = 0;

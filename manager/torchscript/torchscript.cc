@@ -52,16 +52,14 @@ bool SetBlasThreads(int n) {
 
 // OpenBLAS starts its helper threads when it loads, before the daemon can pin anything;
 // openblas_setaffinity() moves helper `i` (the last index is the calling thread itself).
-int PinBlasHelpers(int threads, const std::vector<int>& cpus) {
+void PinBlasHelpers(int threads, const std::vector<int>& cpus) {
   using Fn = int (*)(int, size_t, cpu_set_t*);
   auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_setaffinity"));
-  if (!fn || cpus.empty()) return 0;
+  if (!fn || cpus.empty()) return;
   cpu_set_t set;
   CPU_ZERO(&set);
   for (int c : cpus) CPU_SET(c, &set);
-  int pinned = 0;
-  for (int i = 0; i + 1 < threads; ++i) pinned += fn(i, sizeof set, &set) == 0 ? 1 : 0;
-  return pinned;
+  for (int i = 0; i + 1 < threads; ++i) fn(i, sizeof set, &set);
 }
 
 // The OpenBLAS thread count for the next multiplies: the device worker switches it
@@ -224,7 +222,7 @@ class TorchScriptModel final : public Model {
   TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device)
       : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)),
         training_(config.training),
-        blas_threads_(device.is_cpu() ? config.blas_threads : 0) {
+        blas_threads_(config.blas_threads) {
     const auto& schema = module_.get_method("forward").function().getSchema();
     const auto& args = schema.arguments();
     for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
@@ -270,11 +268,6 @@ class TorchScriptModel final : public Model {
 
   const std::string& id() const override { return id_; }
   const std::string& device() const override { return device_name_; }
-
-  // On the cpu worker, before a forward: this model's OpenBLAS thread count.
-  void ApplyBlasThreads() const {
-    if (device_.is_cpu()) UseBlasThreads(blas_threads_);
-  }
   int64_t ParameterBytes() const override { return parameter_bytes_; }
 
   ModelStats Stats() const override {
@@ -294,6 +287,12 @@ class TorchScriptModel final : public Model {
     } catch (const c10::Error& e) {
       spdlog::warn("model '{}': optimizer state in {} not restored: {}", id_, path, e.what_without_backtrace());
     }
+  }
+
+  // On the cpu worker, before a forward: this model's OpenBLAS thread count (models on
+  // other devices leave OpenBLAS alone).
+  void ApplyBlasThreads() const {
+    if (device_.is_cpu()) UseBlasThreads(blas_threads_);
   }
 
   std::vector<StatusOr<InferenceResult>> Run(const std::vector<const InferenceRequest*>& batch) const override {
@@ -802,7 +801,7 @@ class TorchScriptModel final : public Model {
   bool takes_cache_ = false;
   int64_t parameter_bytes_ = 0;
   const TrainingConfig training_;
-  const int blas_threads_;  // 0: the process's setting (and always 0 off the CPU)
+  const int blas_threads_;  // 0: the process's setting
   std::vector<at::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
 

@@ -60,6 +60,16 @@ ModelConfig ModelCfg(const std::string& id, const std::string& path) {
   return c;
 }
 
+// A tiny shard (Linear hidden->hidden + GELU) at dir/name; returns its path.
+std::string WriteTiny(const TempDir& dir, const std::string& name, int hidden) {
+  ShardSpec spec;
+  spec.kind = ShardSpec::Kind::kTiny;
+  spec.hidden = hidden;
+  const std::string path = dir / name;
+  REQUIRE(WriteShard(path, spec).ok());
+  return path;
+}
+
 std::shared_ptr<Model> Load(const ModelConfig& c) {
   auto m = MakeTorchScriptLoader()->Load(c);
   INFO(m.status().ToString());
@@ -95,10 +105,7 @@ TEST_CASE("a written transformer shard loads, warms up and runs") {
 
 TEST_CASE("a merged batch gives the same numbers as one request at a time") {
   TempDir dir;
-  ShardSpec spec;
-  spec.kind = ShardSpec::Kind::kTiny;
-  spec.hidden = 16;
-  REQUIRE(WriteShard(dir / "tiny.pt", spec).ok());
+  WriteTiny(dir, "tiny.pt", 16);
   auto model = Load(ModelCfg("tiny", dir / "tiny.pt"));
   std::vector<OwnedInput> inputs;
   for (uint32_t i = 0; i < 4; ++i) inputs.push_back(Input({1 + i % 2, 16}, i));
@@ -131,10 +138,7 @@ TEST_CASE("a model's own blas_threads is in force for its forwards, the process'
   const int process = EffectiveTorchThreads().blas_threads;
   REQUIRE(process >= 1);
   TempDir dir;
-  ShardSpec spec;
-  spec.kind = ShardSpec::Kind::kTiny;
-  spec.hidden = 16;
-  REQUIRE(WriteShard(dir / "tiny.pt", spec).ok());
+  WriteTiny(dir, "tiny.pt", 16);
   auto own_cfg = ModelCfg("own", dir / "tiny.pt");
   own_cfg.blas_threads = 1;
   auto own = Load(own_cfg);
@@ -177,10 +181,7 @@ TEST_CASE("output dtype conversion and the legacy float32 default") {
 
 TEST_CASE("load failures are statuses with reasons, never crashes") {
   TempDir dir;
-  ShardSpec spec;
-  spec.kind = ShardSpec::Kind::kTiny;
-  spec.hidden = 8;
-  REQUIRE(WriteShard(dir / "ok.pt", spec).ok());
+  WriteTiny(dir, "ok.pt", 8);
   auto loader = MakeTorchScriptLoader();
 
   SECTION("a truncated file") {
@@ -226,10 +227,7 @@ TEST_CASE("load failures are statuses with reasons, never crashes") {
 
 TEST_CASE("a shape the model rejects is INVALID_ARGUMENT, and the model still serves") {
   TempDir dir;
-  ShardSpec spec;
-  spec.kind = ShardSpec::Kind::kTiny;
-  spec.hidden = 8;
-  REQUIRE(WriteShard(dir / "tiny.pt", spec).ok());
+  WriteTiny(dir, "tiny.pt", 8);
   auto model = Load(ModelCfg("tiny", dir / "tiny.pt"));
   auto bad = Input({2, 5}, 3);
   auto r = model->Run({&bad.request})[0];
@@ -298,10 +296,7 @@ TEST_CASE("training: the input gradient matches a finite difference, and SGD cha
 
 TEST_CASE("training graphs are bounded by count") {
   TempDir dir;
-  ShardSpec spec;
-  spec.kind = ShardSpec::Kind::kTiny;
-  spec.hidden = 4;
-  REQUIRE(WriteShard(dir / "tiny.pt", spec).ok());
+  WriteTiny(dir, "tiny.pt", 4);
   auto cfg = ModelCfg("t", dir / "tiny.pt");
   cfg.training.enabled = true;
   cfg.training.max_graphs = 3;
@@ -328,10 +323,7 @@ TEST_CASE("training graphs are bounded by count") {
 
 TEST_CASE("a training forward on a model without training enabled is FAILED_PRECONDITION") {
   TempDir dir;
-  ShardSpec spec;
-  spec.kind = ShardSpec::Kind::kTiny;
-  spec.hidden = 4;
-  REQUIRE(WriteShard(dir / "tiny.pt", spec).ok());
+  WriteTiny(dir, "tiny.pt", 4);
   auto model = Load(ModelCfg("t", dir / "tiny.pt"));
   auto in = Input({1, 4}, 1);
   in.request.training = true;
