@@ -149,9 +149,11 @@ void DeviceQueue::RunBatch(std::vector<std::unique_ptr<Job>>& batch) {
   }
   const auto finished = SteadyClock::now();
   const int n = static_cast<int>(batch.size());
-  jobs_run_.fetch_add(n, std::memory_order_relaxed);
-  batches_run_.fetch_add(1, std::memory_order_relaxed);
-  if (hooks_.on_batch) hooks_.on_batch(n);
+  if (!batch.front()->internal) {
+    jobs_run_.fetch_add(n, std::memory_order_relaxed);
+    batches_run_.fetch_add(1, std::memory_order_relaxed);
+    if (hooks_.on_batch) hooks_.on_batch(n);
+  }
 
   for (size_t i = 0; i < batch.size(); ++i) {
     JobTiming timing{batch[i]->enqueued, started, finished, n};

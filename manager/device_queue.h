@@ -49,6 +49,9 @@ struct Job {
   // Work other than a forward (backward, session control): when set, the worker calls
   // it instead of Model::Run. Such jobs never merge (keep batch_key 0).
   std::function<StatusOr<InferenceResult>(const Model&)> custom;
+  // The daemon's own work (a warmup), not a client's: left out of jobs_run(),
+  // batches_run() and on_batch.
+  bool internal = false;
 
   // Called exactly once, on the worker thread, unless TryEnqueue refused the job.
   std::function<void(StatusOr<InferenceResult>, const JobTiming&)> done;

@@ -14,6 +14,8 @@ StatusOr<int64_t> Model::CloseSession(const std::string& id) const { return NotF
 
 void Model::Maintain(const SessionConfig&, const TrainingConfig&) const {}
 
+Status Model::Warmup(int) const { return Status::Ok(); }
+
 Status Model::SaveCheckpoint(const std::string&) const {
   return FailedPrecondition("model '" + id() + "' has no trainable state");
 }

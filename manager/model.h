@@ -85,6 +85,12 @@ class Model {
   virtual void Maintain(const SessionConfig& sessions, const TrainingConfig& training) const;
   // Writes trained parameters atomically to `path`.
   virtual Status SaveCheckpoint(const std::string& path) const;
+  // Runs the warmup its config asks for: at batch 1 and, when batching may merge
+  // requests, at `max_batch_size` as well, so that the first requests (and the first
+  // full batch) meet a worker whose allocator, BLAS buffers and executor plans are
+  // already in place. The manager calls it once per loaded version, on the device
+  // worker, before the version serves; an error fails the load.
+  virtual Status Warmup(int max_batch_size) const;
 
   // Any thread.
   virtual ModelStats Stats() const { return {}; }
@@ -92,8 +98,8 @@ class Model {
 
 using ModelHandle = std::shared_ptr<const Model>;
 
-// Creates models from their config. Load() runs on the manager's loader thread and
-// includes warmup: a model it returns is ready to serve.
+// Creates models from their config. Load() runs on the manager's loader thread; the
+// manager then warms the model on its device worker (Model::Warmup) before it serves.
 class ModelLoader {
  public:
   virtual ~ModelLoader() = default;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <future>
+#include <thread>
 
 namespace splitlearnd {
 
@@ -327,10 +329,47 @@ void ModelManager::StartLoad(Entry& e, const FileFingerprint& fingerprint, std::
     } else {
       const auto t0 = SteadyClock::now();
       out.loaded = loader_->Load(config);
+      if (out.loaded.ok() && !config.warmup.inputs.empty()) {
+        Status warm = WarmOnWorker(config, *out.loaded.value());
+        if (!warm.ok()) out.loaded = warm;  // the model is freed here, on the loader thread
+      }
       out.seconds = std::chrono::duration<double>(SteadyClock::now() - t0).count();
     }
     FinishLoad(config.id, generation, std::move(out));
   });
+}
+
+Status ModelManager::WarmOnWorker(const ModelConfig& config, const Model& model) {
+  std::shared_ptr<DeviceQueue> queue;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue = QueueFor(config.device);
+  }
+  auto result = std::make_shared<std::promise<Status>>();
+  std::future<Status> finished = result->get_future();
+  auto job = std::make_unique<Job>();
+  // A non-owning handle: this thread owns the model and waits below until the worker
+  // is done with it, so the model is never freed on the worker.
+  job->model = ModelHandle(ModelHandle(), &model);
+  job->internal = true;
+  job->custom = [max_batch = config.batching.max_batch_size](const Model& m) -> StatusOr<InferenceResult> {
+    try {
+      Status s = m.Warmup(max_batch);
+      if (!s.ok()) return s;
+      return InferenceResult{};
+    } catch (const std::exception& e) {
+      return Internal("warmup of '" + m.id() + "' threw: " + e.what());
+    }
+  };
+  job->done = [result](StatusOr<InferenceResult> r, const JobTiming&) { result->set_value(r.status()); };
+  // A full queue (the device busy serving) delays the warmup; it never skips it.
+  while (true) {
+    Status s = queue->TryEnqueue(job);
+    if (s.ok()) break;
+    if (s.code() != StatusCode::kResourceExhausted || shut_down_) return s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return finished.get();
 }
 
 void ModelManager::FinishLoad(const std::string& id, uint64_t generation, LoadOutcome outcome) {

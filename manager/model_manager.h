@@ -7,8 +7,9 @@
 // reload (timeouts, batching) take effect in place. Management calls (Load, Unload,
 // Reload) go through the same machinery.
 //
-// Loading and warmup run on the manager's loader thread, never on a request path;
-// models are destroyed on that thread too, after their last request.
+// Loading runs on the manager's loader thread, never on a request path; warmup runs
+// on the model's device worker, queued like any job, before the version serves.
+// Models are destroyed on the loader thread too, after their last request.
 //
 // Per-device limits (max_models, memory_budget_bytes) are checked when a load
 // finishes: over a limit the load is refused, or where the device says evict_lru the
@@ -200,6 +201,9 @@ class ModelManager {
   // `expected_digest` non-empty: skip the load if the file's digest equals it.
   void StartLoad(Entry& e, const FileFingerprint& fingerprint, std::string expected_digest = "");
   void FinishLoad(const std::string& id, uint64_t generation, LoadOutcome outcome);
+  // Runs Model::Warmup on the worker of the model's device and waits for it (loader
+  // thread): the worker that will serve the model is the one that gets warm.
+  Status WarmOnWorker(const ModelConfig& config, const Model& model);
   // Makes room on `device` for `incoming` (bytes) of model `id`, evicting where allowed.
   Status CheckLimitsLocked(const std::string& id, const std::string& device, int64_t incoming);
   void RetireLocked(Entry& e);  // serving version -> draining

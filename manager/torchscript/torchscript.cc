@@ -217,11 +217,13 @@ Status AtomicWrite(const std::string& path, WriteFn write) {
   return Status::Ok();
 }
 
+HostTensor MakeWarmupTensor(const TensorSpec& spec);
+
 class TorchScriptModel final : public Model {
  public:
   TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device)
       : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)),
-        training_(config.training),
+        training_(config.training), warmup_(config.warmup),
         blas_threads_(config.blas_threads) {
     const auto& schema = module_.get_method("forward").function().getSchema();
     const auto& args = schema.arguments();
@@ -305,6 +307,35 @@ class TorchScriptModel final : public Model {
     }
     for (const InferenceRequest* r : batch) results.push_back(RunOne(*r));
     return results;
+  }
+
+  Status Warmup(int max_batch_size) const override {
+    if (warmup_.inputs.empty()) return Status::Ok();
+    InferenceRequest warm;
+    for (const auto& spec : warmup_.inputs) warm.inputs.push_back(NamedTensor{spec.name, MakeWarmupTensor(spec)});
+    // The batches the queue will form: one request, and as many as fill max_batch_size
+    // rows (inputs without a first dimension never merge).
+    int64_t rows = 1;
+    bool mergeable = true;
+    for (const auto& in : warm.inputs) {
+      if (in.tensor.shape.empty() || in.tensor.shape[0] < 1) mergeable = false;
+      else rows = std::max(rows, in.tensor.shape[0]);
+    }
+    std::vector<size_t> sizes{1};
+    const int64_t full = max_batch_size / rows;
+    if (mergeable && full > 1) sizes.push_back(static_cast<size_t>(full));
+    for (size_t n : sizes) {
+      const std::vector<const InferenceRequest*> batch(n, &warm);
+      for (int i = 0; i < warmup_.runs; ++i) {
+        for (auto& r : Run(batch)) {
+          if (!r.ok()) {
+            return Status(r.status().code(), "warmup of '" + id_ + "' (batch of " + std::to_string(n) +
+                                                 ") failed: " + r.status().message());
+          }
+        }
+      }
+    }
+    return Status::Ok();
   }
 
   StatusOr<InferenceResult> RunOne(const InferenceRequest& request) const {
@@ -801,6 +832,7 @@ class TorchScriptModel final : public Model {
   bool takes_cache_ = false;
   int64_t parameter_bytes_ = 0;
   const TrainingConfig training_;
+  const WarmupConfig warmup_;
   const int blas_threads_;  // 0: the process's setting
   std::vector<at::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
@@ -868,14 +900,6 @@ class TorchScriptLoader final : public ModelLoader {
       return InvalidArgument("cannot load TorchScript file " + file + ": " + e.what_without_backtrace());
     } catch (const std::exception& e) {
       return InvalidArgument("cannot load TorchScript file " + file + ": " + e.what());
-    }
-    if (!config.warmup.inputs.empty()) {
-      InferenceRequest warm;
-      for (const auto& spec : config.warmup.inputs) warm.inputs.push_back(NamedTensor{spec.name, MakeWarmupTensor(spec)});
-      for (int i = 0; i < config.warmup.runs; ++i) {
-        auto r = model->RunOne(warm);
-        if (!r.ok()) return Status(r.status().code(), "warmup of '" + config.id + "' failed: " + r.status().message());
-      }
     }
     return std::shared_ptr<Model>(std::move(model));
   }

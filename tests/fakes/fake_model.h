@@ -1,7 +1,7 @@
 // Fakes for unit tests of the queue, manager and services: no libtorch needed.
 //
 // FakeModel answers float32 inputs with input + `add`; it can sleep, throw (fail),
-// and record the threads it ran on. FakeModel::live() counts instances alive, so a
+// and record the threads it ran (and warmed up) on. FakeModel::live() counts instances alive, so a
 // test can see when a model's memory is released; FakeModel::last_destroyed_on()
 // tells which thread freed the most recent one. FakeLoader picks a behaviour by the
 // model's path and records the threads it loaded on.
@@ -27,6 +27,7 @@ struct FakeBehaviour {
   std::chrono::milliseconds delay{0};     // per forward
   bool fail_run = false;                   // Run() answers INTERNAL
   bool fail_load = false;                  // FakeLoader refuses to load
+  bool fail_warmup = false;                // Warmup() answers INTERNAL
   std::chrono::milliseconds load_delay{0};
   int64_t parameter_bytes = 1024;
 };
@@ -76,6 +77,21 @@ class FakeModel final : public Model {
     return out;
   }
 
+  Status Warmup(int max_batch_size) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    warmups_.push_back(Warmed{std::this_thread::get_id(), max_batch_size});
+    if (b_.fail_warmup) return Internal("fake warmup failure");
+    return Status::Ok();
+  }
+
+  struct Warmed {
+    std::thread::id thread;
+    int max_batch_size;
+  };
+  std::vector<Warmed> warmups() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return warmups_;
+  }
   int64_t forwards() const { return forwards_.load(); }
   int64_t rows_run() const { return rows_run_.load(); }
   std::set<std::thread::id> threads() const {
@@ -114,6 +130,7 @@ class FakeModel final : public Model {
   mutable std::mutex mu_;
   mutable std::set<std::thread::id> threads_;
   mutable std::vector<int> batch_sizes_;
+  mutable std::vector<Warmed> warmups_;
 };
 
 // Loads FakeModels; the behaviour is chosen by the model's path.

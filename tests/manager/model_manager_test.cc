@@ -193,6 +193,44 @@ TEST_CASE("a failed load keeps the old version serving and a new model that fail
   CHECK(StatusOfModel(manager, "n").state == ModelState::kReady);
 }
 
+TEST_CASE("warmup runs on the device worker at the model's batch size before it serves; a failed one fails the load") {
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour cold;
+  cold.fail_warmup = true;
+  loader->Set("/fake/cold.pt", cold);
+  ModelManager manager(loader);
+  auto warm = MakeModel("w");
+  warm.warmup.inputs.push_back(TensorSpec{"", {1, 4}, DType::kFloat32});
+  warm.batching.max_batch_size = 8;
+  auto plain = MakeModel("p");  // no warmup inputs: nothing to run
+  manager.Apply(MakeConfig({warm, plain}));
+  REQUIRE(manager.WaitIdle(10s));
+  REQUIRE(StatusOfModel(manager, "w").state == ModelState::kReady);
+  auto route = manager.Lookup("w");
+  REQUIRE(route.ok());
+  const auto warmups = loader->Last("w")->warmups();
+  REQUIRE(warmups.size() == 1);
+  CHECK(warmups[0].thread == (*route)->queue->worker_thread_id());
+  CHECK(warmups[0].thread != *loader->load_threads().begin());
+  CHECK(warmups[0].max_batch_size == 8);
+  CHECK(loader->Last("p")->warmups().empty());
+  // The daemon's own work is not counted as clients' jobs.
+  CHECK((*route)->queue->jobs_run() == 0);
+  CHECK((*route)->queue->batches_run() == 0);
+
+  // A version whose warmup fails never serves; the running one stays.
+  const uint64_t version = StatusOfModel(manager, "w").version;
+  auto broken = warm;
+  broken.path = "/fake/cold.pt";
+  manager.Apply(MakeConfig({broken, plain}));
+  REQUIRE(manager.WaitIdle(10s));
+  const ModelStatus w = StatusOfModel(manager, "w");
+  CHECK(w.state == ModelState::kReady);
+  CHECK(w.version == version);
+  CHECK_THAT(w.last_error, Catch::Contains("fake warmup failure"));
+  CHECK(Infer(manager, "w", 1.0f).value() == 2.0f);
+}
+
 TEST_CASE("a model file rewritten in place is a change and a touch with the same bytes is not") {
   TempDir dir;
   const std::string path = dir.Write("m.pt", "version one");

@@ -95,6 +95,7 @@ TEST_CASE("a written transformer shard loads, warms up and runs") {
   cfg.warmup.inputs.push_back(TensorSpec{"", {1, 5, 32}, DType::kFloat32});
   cfg.warmup.runs = 2;
   auto model = Load(cfg);
+  CHECK(model->Warmup(4).ok());  // batch 1, then a merged batch of 4
   CHECK(model->ParameterBytes() > 32 * 32 * 4);
   auto in = Input({2, 5, 32}, 1);
   auto out = model->Run({&in.request});
@@ -219,9 +220,12 @@ TEST_CASE("load failures are statuses with reasons, never crashes") {
   SECTION("a warmup shape the model rejects") {
     auto cfg = ModelCfg("warm", dir / "ok.pt");
     cfg.warmup.inputs.push_back(TensorSpec{"", {1, 9}, DType::kFloat32});
-    auto m = loader->Load(cfg);
-    REQUIRE_FALSE(m.ok());
-    CHECK_THAT(m.status().message(), Catch::Contains("warmup"));
+    auto m = loader->Load(cfg);  // the manager warms it next, on the device worker
+    REQUIRE(m.ok());
+    const Status warm = (*m)->Warmup(4);
+    REQUIRE_FALSE(warm.ok());
+    CHECK(warm.code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(warm.message(), Catch::Contains("warmup of 'warm'"));
   }
 }
 
