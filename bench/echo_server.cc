@@ -3,6 +3,7 @@
 // difference between a real server and this one is what the real server adds.
 //
 // Prints "listening on HOST:PORT" once it accepts calls; stops on SIGTERM or SIGINT.
+#include <absl/synchronization/mutex.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
@@ -77,6 +78,8 @@ int main(int argc, char** argv) {
   app.add_flag("--handoff", handoff,
                "diagnostic: answer on one worker thread, as a device worker does, instead of on the gRPC thread");
   CLI11_PARSE(app, argc, argv);
+  // As the daemon does (ConfigureGrpcRuntime): no lock-order tracking on gRPC's mutexes.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Block the stop signals before gRPC starts its threads; sigwait() below takes them.
   sigset_t stop;

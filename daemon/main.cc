@@ -407,6 +407,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "text", "journal", "json"}));
   app.add_flag("-V,--version", opt.version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);
+  ConfigureGrpcRuntime();
 
   if (opt.version) {
     std::printf("splitlearnd %s\n", SPLITLEARND_VERSION);

@@ -1,5 +1,6 @@
 #include "daemon/server.h"
 
+#include <absl/synchronization/mutex.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
@@ -8,6 +9,8 @@
 #include <thread>
 
 namespace splitlearnd {
+
+void ConfigureGrpcRuntime() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); }
 
 std::string ModelHealthName(const std::string& model_id) { return "splitlearn.model/" + model_id; }
 

@@ -35,6 +35,11 @@ struct ServerOptions {
 // (InitProtoReflectionServerBuilderPlugin registers it for every server).
 std::unique_ptr<grpc::ServerBuilderOption> WithoutReflection();
 
+// Process-wide settings of the gRPC runtime, made once at start before any gRPC
+// object exists: turns off the lock-order (deadlock) tracking that the system's
+// Abseil, built without NDEBUG, runs on every mutex gRPC takes.
+void ConfigureGrpcRuntime();
+
 // grpc.health.v1 service name of one model.
 std::string ModelHealthName(const std::string& model_id);
 

@@ -193,7 +193,7 @@ TEST_CASE("a failed load keeps the old version serving and a new model that fail
   CHECK(StatusOfModel(manager, "n").state == ModelState::kReady);
 }
 
-TEST_CASE("warmup runs on the device worker at the model's batch size before it serves; a failed one fails the load") {
+TEST_CASE("warmup runs on the device worker at the model's batch size before it serves, and a failed one fails the load") {
   auto loader = std::make_shared<FakeLoader>();
   FakeBehaviour cold;
   cold.fail_warmup = true;
