@@ -246,7 +246,7 @@ class Parser {
   ModelConfig ParseModel(const YAML::Node& node, size_t index) const {
     std::string k = "models[" + std::to_string(index) + "]";
     ExpectMap(node, k, {"id", "path", "device", "default", "sha256", "warmup", "batching", "timeout_ms", "blas_threads",
-                        "compute_dtype", "sessions", "training"});
+                        "optimize", "compute_dtype", "sessions", "training"});
     ModelConfig m;
     if (!node["id"]) Fail(node, k, "missing 'id'");
     m.id = String(node["id"], k + ".id");
@@ -297,6 +297,8 @@ class Parser {
         m.timeout_ms = Int(v, key, 0, 3'600'000);
       } else if (field == "blas_threads") {
         m.blas_threads = static_cast<int>(Int(v, key, 0, 1024));
+      } else if (field == "optimize") {
+        m.optimize = Bool(v, key);
       } else if (field == "compute_dtype") {
         const auto name = String(v, key);
         m.compute_dtype = DTypeFromName(name);
@@ -330,6 +332,10 @@ class Parser {
           if (t.graph_ttl_s <= 0) Fail(v["graph_ttl_s"], key + ".graph_ttl_s", "must be positive");
         }
       }
+    }
+    if (m.optimize && m.training.enabled) {
+      Fail(node["optimize"], k + ".optimize",
+           "freezes the parameters into constants, so it cannot be combined with training.enabled");
     }
     return m;
   }
@@ -419,7 +425,7 @@ bool ModelConfig::operator==(const ModelConfig& o) const {
          sha256 == o.sha256 && warmup.runs == o.warmup.runs &&
          batching.max_batch_size == o.batching.max_batch_size &&
          batching.max_delay_us == o.batching.max_delay_us && timeout_ms == o.timeout_ms &&
-         blas_threads == o.blas_threads &&
+         blas_threads == o.blas_threads && optimize == o.optimize &&
          compute_dtype == o.compute_dtype && sessions.max_sessions == o.sessions.max_sessions &&
          sessions.idle_timeout_s == o.sessions.idle_timeout_s && sessions.max_bytes == o.sessions.max_bytes &&
          training.enabled == o.training.enabled && training.optimizer == o.training.optimizer &&

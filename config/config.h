@@ -117,6 +117,9 @@ struct ModelConfig {
   BatchingConfig batching;
   int64_t timeout_ms = 0;  // 0: only the client's deadline applies
   int blas_threads = 0;    // OpenBLAS threads for this model's forwards (cpu only); 0: devices.cpu.blas_threads
+  // Freeze the module and run TorchScript's inference optimizations at load (parameters
+  // become constants: not with training).
+  bool optimize = false;
   std::optional<DType> compute_dtype;  // inputs are converted to it before forward()
   SessionConfig sessions;
   TrainingConfig training;

@@ -65,7 +65,8 @@ bool SameLoad(const ModelConfig& a, const ModelConfig& b) {
       a.warmup.inputs.size() != b.warmup.inputs.size() || a.compute_dtype != b.compute_dtype ||
       a.training.enabled != b.training.enabled || a.training.optimizer != b.training.optimizer ||
       a.training.learning_rate != b.training.learning_rate || a.training.momentum != b.training.momentum ||
-      a.training.checkpoint_path != b.training.checkpoint_path || a.blas_threads != b.blas_threads) {
+      a.training.checkpoint_path != b.training.checkpoint_path || a.blas_threads != b.blas_threads ||
+      a.optimize != b.optimize) {
     return false;
   }
   for (size_t i = 0; i < a.warmup.inputs.size(); ++i) {

@@ -1,5 +1,8 @@
-// The only translation unit that includes libtorch. See torchscript.h.
+// The adapter's translation unit: with optimize.h, the only code that includes libtorch.
+// See torchscript.h.
 #include "manager/torchscript/torchscript.h"
+
+#include "manager/torchscript/optimize.h"
 
 #include <dlfcn.h>
 #include <sched.h>
@@ -221,7 +224,10 @@ HostTensor MakeWarmupTensor(const TensorSpec& spec);
 
 class TorchScriptModel final : public Model {
  public:
-  TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device)
+  // `parameter_bytes`: of the module as loaded (a frozen one holds its parameters as
+  // constants); -1: count them here.
+  TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device,
+                   int64_t parameter_bytes = -1)
       : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)),
         training_(config.training), warmup_(config.warmup),
         blas_threads_(config.blas_threads) {
@@ -247,6 +253,7 @@ class TorchScriptModel final : public Model {
       params_.push_back(p);
     }
     for (const auto& b : module_.buffers()) parameter_bytes_ += b.nbytes();
+    if (parameter_bytes >= 0) parameter_bytes_ = parameter_bytes;
     const bool trainable = training_.enabled && training_.optimizer != "none";
     for (auto& p : params_) p.requires_grad_(trainable);
     if (trainable && !params_.empty()) {
@@ -859,6 +866,13 @@ StatusOr<c10::Device> ParseDevice(const std::string& name) {
   return c10::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
 }
 
+int64_t ModuleBytes(const torch::jit::Module& module) {
+  int64_t bytes = 0;
+  for (const auto& p : module.parameters()) bytes += p.nbytes();
+  for (const auto& b : module.buffers()) bytes += b.nbytes();
+  return bytes;
+}
+
 HostTensor MakeWarmupTensor(const TensorSpec& spec) {
   at::Tensor t;
   const auto options = at::TensorOptions().dtype(ToScalarType(spec.dtype));
@@ -891,7 +905,12 @@ class TorchScriptLoader final : public ModelLoader {
       torch::jit::Module module = torch::jit::load(file, *device);
       module.eval();
       if (!module.find_method("forward")) return InvalidArgument(file + " has no forward() method");
-      model = std::make_shared<TorchScriptModel>(config, std::move(module), *device);
+      int64_t parameter_bytes = -1;
+      if (config.optimize) {
+        parameter_bytes = ModuleBytes(module);
+        module = OptimizeForInference(module);
+      }
+      model = std::make_shared<TorchScriptModel>(config, std::move(module), *device, parameter_bytes);
       if (resume) {
         model->RestoreOptimizer(ckpt + ".optim");
         spdlog::info("model '{}' resumes from checkpoint {}", config.id, ckpt);

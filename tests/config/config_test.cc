@@ -69,6 +69,7 @@ models:
   - id: b
     path: m.pt
     device: "cuda:1"
+    optimize: true
 )");
   REQUIRE(c.ok());
   CHECK(c->server.drain_timeout_s == 2.5);
@@ -79,6 +80,8 @@ models:
   CHECK(c->models[0].training.optimizer == "adam");
   CHECK(c->models[0].blas_threads == 1);
   CHECK(c->models[1].blas_threads == 0);
+  CHECK_FALSE(c->models[0].optimize);
+  CHECK(c->models[1].optimize);
   CHECK(c->models[1].device == "cuda:1");
   CHECK(c->DefaultModel()->id == "a");
 }
@@ -101,6 +104,12 @@ TEST_CASE("errors name file, line, column and key") {
     auto c = Parse(dir, "models:\n  - {id: a, path: m.pt, device: tpu}\n");
     REQUIRE_FALSE(c.ok());
     CHECK_THAT(c.status().message(), Catch::Contains("models.a.device") && Catch::Contains("tpu"));
+  }
+  SECTION("optimize with training") {
+    auto c = Parse(dir, "models:\n  - id: a\n    path: m.pt\n    optimize: true\n    training: {enabled: true}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("test.yaml:4") && Catch::Contains("models.a.optimize") &&
+                                         Catch::Contains("training"));
   }
   SECTION("duplicate id") {
     auto c = Parse(dir, "models:\n  - {id: a, path: m.pt}\n  - {id: a, path: m.pt}\n");

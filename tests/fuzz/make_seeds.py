@@ -81,6 +81,7 @@ models:
   - id: other
     path: ./m.pt
     device: "cuda:0"
+    optimize: true
 """)
     write("fuzz_config", "bad_key.yaml", b"models:\n  - id: m\n    path: m.pt\n    colour: blue\n")
 

@@ -125,6 +125,32 @@ TEST_CASE("a merged batch gives the same numbers as one request at a time") {
   }
 }
 
+TEST_CASE("an optimized model gives the numbers of the plain one, alone and merged, and keeps its parameter bytes") {
+  TempDir dir;
+  WriteTiny(dir, "tiny.pt", 16);
+  auto plain = Load(ModelCfg("tiny", dir / "tiny.pt"));
+  auto cfg = ModelCfg("tiny", dir / "tiny.pt");
+  cfg.optimize = true;
+  auto optimized = Load(cfg);
+  CHECK(optimized->ParameterBytes() == plain->ParameterBytes());
+  CHECK(optimized->ParameterBytes() >= 16 * 16 * 4);
+  std::vector<OwnedInput> inputs;
+  for (uint32_t i = 0; i < 3; ++i) inputs.push_back(Input({1 + i, 16}, 10 + i));
+  std::vector<const InferenceRequest*> batch;
+  for (auto& in : inputs) batch.push_back(&in.request);
+  auto merged = optimized->Run(batch);
+  REQUIRE(merged.size() == 3);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto want = plain->Run({&inputs[i].request});
+    REQUIRE(want[0].ok());
+    REQUIRE(merged[i].ok());
+    const auto a = Floats(merged[i]->outputs[0].tensor);
+    const auto b = Floats(want[0]->outputs[0].tensor);
+    REQUIRE(a.size() == b.size());
+    for (size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).margin(1e-5));
+  }
+}
+
 TEST_CASE("a model's own blas_threads is in force for its forwards, the process's for the others") {
   using GetFn = int (*)();
   auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
