@@ -12,6 +12,12 @@
 // two models) measured call by call under the same conditions, so that a drift in the
 // machine's load falls on both alike.
 //
+// An --alternate TARGET of the form inprocess:FILE.pt is no server: the lane runs the
+// shard itself through the daemon's TorchScript adapter (Model::Run, the span the
+// daemon reports as compute time), on the gRPC thread that finished the lane's
+// previous call. Alternated with a server's calls, it gives the in-process forward
+// measured under the same traffic, call by call.
+//
 // --service-info prints GetServiceInfo's fields as key=value lines and exits (the
 // benchmark script reads model parameter bytes from it).
 #include <absl/synchronization/mutex.h>
@@ -35,6 +41,8 @@
 #include <vector>
 
 #include "compute.grpc.pb.h"
+#include "manager/model.h"
+#include "manager/torchscript/torchscript.h"
 
 namespace {
 
@@ -55,7 +63,13 @@ struct Options {
   bool service_info = false;
   bool verify = true;
   std::vector<std::string> alternate;  // LABEL=TARGET[#MODEL]
+  // For inprocess: targets, as the daemon's config would set them.
+  int blas_threads = 0;        // devices.cpu.blas_threads
+  int model_blas_threads = 0;  // models[].blas_threads
+  bool optimize = false;       // models[].optimize
 };
+
+constexpr const char* kInProcess = "inprocess:";
 
 // Where calls go: one endpoint, or several taken in turn (--alternate).
 struct Endpoint {
@@ -63,6 +77,9 @@ struct Endpoint {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::ComputeService::Stub> stub;
   pb::ComputeRequest request;  // built once, shared by every call (gRPC only reads it)
+  // inprocess: the model and the one request it runs (inputs over request.data()).
+  std::shared_ptr<splitlearnd::Model> local;
+  splitlearnd::InferenceRequest local_request;
 };
 
 // What one lane measured for one endpoint.
@@ -155,11 +172,27 @@ class Runner {
 
  private:
   void Start(Lane* lane) {
+    // In-process endpoints run here, in turn, until a server's call is due.
+    while (true) {
+      lane->endpoint = lane->calls++ % endpoints_.size();
+      Endpoint& e = endpoints_[lane->endpoint];
+      if (!e.local) break;
+      lane->started = Clock::now();
+      auto results = e.local->Run({&e.local_request});
+      const auto end = Clock::now();
+      grpc::Status status;
+      int64_t bytes = 0;
+      if (results.size() != 1 || !results[0].ok()) {
+        status = grpc::Status(grpc::StatusCode::INTERNAL, results.empty() ? "no result" : results[0].status().ToString());
+      } else {
+        bytes = static_cast<int64_t>(results[0]->outputs.front().tensor.nbytes);
+      }
+      if (!Account(lane, end, status, bytes, nullptr)) return;
+    }
     lane->previous = std::move(lane->ctx);
     lane->ctx = std::make_unique<grpc::ClientContext>();
     lane->ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(opt_.timeout_ms));
     lane->response.Clear();
-    lane->endpoint = lane->calls++ % endpoints_.size();
     Endpoint& e = endpoints_[lane->endpoint];
     lane->started = Clock::now();
     e.stub->async()->Compute(lane->ctx.get(), &e.request, &lane->response,
@@ -168,6 +201,13 @@ class Runner {
 
   void Finished(Lane* lane, grpc::Status status) {
     const auto end = Clock::now();
+    if (Account(lane, end, status, static_cast<int64_t>(lane->response.data().size()), &lane->response)) Start(lane);
+  }
+
+  // Records the lane's call that ended at `end`; returns whether the lane goes on (if
+  // not, it has signed off).
+  bool Account(Lane* lane, Clock::time_point end, const grpc::Status& status, int64_t answer_bytes,
+               const pb::ComputeResponse* response) {
     // A call counts when it finishes inside the window (after warmup the pipeline is
     // full, so this is the steady-state completion rate).
     const bool measured = end >= window_start_ && end <= window_end_ && !stop_.load(std::memory_order_relaxed);
@@ -178,16 +218,16 @@ class Runner {
         if (st.first_error.empty()) {
           st.first_error = std::to_string(static_cast<int>(status.error_code())) + " " + status.error_message();
         }
-      } else if (opt_.verify && static_cast<int64_t>(lane->response.data().size()) != expected_bytes_) {
+      } else if (opt_.verify && answer_bytes != expected_bytes_) {
         ++st.bad_answers;
       } else {
         const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end - lane->started).count();
         st.latencies_ns.push_back(ns);
-        if (lane->response.has_compute_time_ms()) {
-          const auto compute = static_cast<int64_t>(static_cast<double>(lane->response.compute_time_ms()) * 1e6);
+        if (response && response->has_compute_time_ms()) {
+          const auto compute = static_cast<int64_t>(static_cast<double>(response->compute_time_ms()) * 1e6);
           st.net_ns.push_back(ns - compute);
           st.compute_ns.push_back(compute);
-          st.queue_ns.push_back(static_cast<int64_t>(static_cast<double>(lane->response.queue_time_ms()) * 1e6));
+          st.queue_ns.push_back(static_cast<int64_t>(static_cast<double>(response->queue_time_ms()) * 1e6));
         }
       }
     }
@@ -199,12 +239,10 @@ class Runner {
         more = false;
       }
     }
-    if (more) {
-      Start(lane);
-      return;
-    }
+    if (more) return true;
     std::lock_guard<std::mutex> lock(mu_);
     if (--active_ == 0) cv_.notify_all();
+    return false;
   }
 
   const Options& opt_;
@@ -340,6 +378,13 @@ int main(int argc, char** argv) {
   app.add_option("--alternate", opt.alternate,
                  "LABEL=TARGET[#MODEL], repeatable: each lane sends its calls to these endpoints in turn (instead of "
                  "--target/--model/--label) and each is reported on its own");
+  app.add_option("--blas-threads", opt.blas_threads,
+                 "inprocess targets: the process's OpenBLAS threads, as devices.cpu.blas_threads (0: one per core)")
+      ->capture_default_str();
+  app.add_option("--model-blas-threads", opt.model_blas_threads,
+                 "inprocess targets: the model's own OpenBLAS threads, as models[].blas_threads (0: the process's)")
+      ->capture_default_str();
+  app.add_flag("--optimize", opt.optimize, "inprocess targets: load as models[].optimize: true does");
   app.add_flag("--service-info", opt.service_info, "print GetServiceInfo as key=value lines and exit");
   app.add_flag("!--no-verify", opt.verify, "do not check that each answer has as many bytes as the request");
   CLI11_PARSE(app, argc, argv);
@@ -348,7 +393,11 @@ int main(int argc, char** argv) {
 
   std::vector<Endpoint> endpoints;
   if (opt.alternate.empty()) {
-    endpoints.push_back(Endpoint{opt.label, opt.target, opt.model, nullptr, nullptr, {}});
+    Endpoint e;
+    e.label = opt.label;
+    e.target = opt.target;
+    e.model = opt.model;
+    endpoints.push_back(std::move(e));
   } else {
     for (const std::string& spec : opt.alternate) {
       const size_t eq = spec.find('=');
@@ -358,15 +407,41 @@ int main(int argc, char** argv) {
       }
       const std::string rest = spec.substr(eq + 1);
       const size_t hash = rest.find('#');
-      endpoints.push_back(Endpoint{spec.substr(0, eq), rest.substr(0, hash),
-                                   hash == std::string::npos ? "" : rest.substr(hash + 1), nullptr, nullptr, {}});
+      Endpoint e;
+      e.label = spec.substr(0, eq);
+      e.target = rest.substr(0, hash);
+      e.model = hash == std::string::npos ? "" : rest.substr(hash + 1);
+      endpoints.push_back(std::move(e));
     }
   }
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(512 << 20);
   args.SetMaxSendMessageSize(512 << 20);
+  bool any_local = false;
   for (Endpoint& e : endpoints) {
+    if (e.target.rfind(kInProcess, 0) == 0) {
+      if (!any_local) {
+        splitlearnd::ThreadSettings threads;  // as the daemon's cpu device with intra_op_threads: 1
+        threads.intra_op_threads = 1;
+        threads.inter_op_threads = 1;
+        threads.blas_threads = opt.blas_threads;
+        splitlearnd::ConfigureTorchThreads(threads);
+      }
+      any_local = true;
+      splitlearnd::ModelConfig config;
+      config.id = e.label;
+      config.path = e.target.substr(std::string(kInProcess).size());
+      config.blas_threads = opt.model_blas_threads;
+      config.optimize = opt.optimize;
+      auto model = splitlearnd::MakeTorchScriptLoader()->Load(config);
+      if (!model.ok()) {
+        std::fprintf(stderr, "loadgen: %s\n", model.status().ToString().c_str());
+        return 1;
+      }
+      e.local = std::move(model.value());
+      continue;
+    }
     // One channel per endpoint (so never a shared connection between two of them).
     e.channel = grpc::CreateCustomChannel(e.target, grpc::InsecureChannelCredentials(), args);
     e.stub = pb::ComputeService::NewStub(e.channel);
@@ -375,7 +450,10 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  if (opt.service_info) return PrintServiceInfo(endpoints.front().stub.get(), opt.timeout_ms);
+  if (opt.service_info) {
+    if (!endpoints.front().stub) return 2;
+    return PrintServiceInfo(endpoints.front().stub.get(), opt.timeout_ms);
+  }
 
   std::vector<int32_t> shape;
   int64_t elements = 0;
@@ -395,6 +473,12 @@ int main(int argc, char** argv) {
     e.request.set_model_id(e.model);
     for (int32_t d : shape) e.request.add_shape(d);
     e.request.set_data(bytes);
+    if (e.local) {
+      const std::string& data = e.request.data();  // stays put: the request is not touched again
+      splitlearnd::HostTensor t{splitlearnd::DType::kFloat32, std::vector<int64_t>(shape.begin(), shape.end()),
+                                data.data(), data.size(), nullptr};
+      e.local_request.inputs.push_back(splitlearnd::NamedTensor{"", std::move(t)});
+    }
   }
   const int64_t expected_bytes = elements * static_cast<int64_t>(sizeof(float));
 

@@ -192,6 +192,7 @@ EOF
       first=false
       echo "    warmup: {inputs: [{shape: [1, 10, 768], dtype: float32}], runs: 3}"
       echo "    batching: {max_batch_size: $batch, max_delay_us: ${delay:-0}}"
+      echo "    optimize: true"
       [[ -z "$blas" ]] || echo "    blas_threads: $blas"
     done
   } >"$file"
@@ -254,7 +255,7 @@ inprocess() {
     cmd=()
     [[ -z "${4:-}" ]] || cmd=(taskset -c "$4")
     cmd+=("$INPROC" --model "$WORK/$m.pt" --shape 1x10x768 --batch 1 8 --duration-s "$INPROC_S"
-         --intra-op-threads "$1" --blas-threads "$2" --csv "$INPROC_CSV" --label "${3:-intra$1-blas$2}")
+         --intra-op-threads "$1" --blas-threads "$2" --optimize --csv "$INPROC_CSV" --label "${3:-intra$1-blas$2}")
     record "${cmd[*]}"
     timeout 300 "${cmd[@]}" | sed 's/^/    /'
   done
@@ -338,22 +339,30 @@ alternate() {
   local secs="$1" conc="$2"; shift 2
   local cmd=("$LOADGEN" --shape 1x10x768 --concurrency "$conc" --duration-s "$secs" --warmup-s "$WARMUP_S"
              --csv "$LOADGEN_CSV")
-  local e; for e in "$@"; do cmd+=(--alternate "$e"); done
+  local e; for e in "$@"; do
+    case "$e" in
+      --*) cmd+=("$e") ;;  # a loadgen flag (the inprocess: endpoint's settings)
+      *) cmd+=(--alternate "$e") ;;
+    esac
+  done
   record "${cmd[*]}"
   timeout $(( ${secs%.*} + 180 )) "${cmd[@]}" | sed 's/^/    /' || log "loadgen reported errors (see the CSV)"
 }
 inprocess_one() {  # inprocess_one LABEL MODEL BATCH [ARGS]: one in-process point, default threads
   local label="$1" model="$2" batch="$3"; shift 3
   local cmd=("$INPROC" --model "$WORK/$model.pt" --shape 1x10x768 --batch "$batch" --duration-s "$INPROC_S"
-             --intra-op-threads 1 --blas-threads "$NPROC" --csv "$INPROC_CSV" --label "$label" "$@")
+             --intra-op-threads 1 --blas-threads "$NPROC" --optimize --csv "$INPROC_CSV" --label "$label" "$@")
   record "${cmd[*]}"
   timeout 300 "${cmd[@]}" | sed 's/^/    /'
 }
 alt_s=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", 3 * d }')
-# Check 1: echo, splitlearnd tiny and splitlearnd identity call by call, between two
-# in-process timings of the tiny forward.
+# Check 1: echo, splitlearnd tiny, splitlearnd identity and the tiny forward run
+# in-process by the load generator itself (the daemon's adapter, with t1's settings for
+# tiny: process BLAS = cores, the model's own 1, optimized), call by call; a tight
+# in-process loop before and after for comparison.
 inprocess_one sbs-before tiny 1
-alternate "$alt_s" 1 "sbs-echo=$ECHO_ADDR" "sbs-splitlearnd=$SL_ADDR#tiny" "sbs-splitlearnd-identity=$SL_ADDR#identity"
+alternate "$alt_s" 1 "sbs-echo=$ECHO_ADDR" "sbs-splitlearnd=$SL_ADDR#tiny" "sbs-splitlearnd-identity=$SL_ADDR#identity" \
+  "sbs-inprocess=inprocess:$WORK/tiny.pt" --blas-threads="$NPROC" --model-blas-threads=1 --optimize
 inprocess_one sbs-after tiny 1
 # Diagnostic: the same forward with a 250 µs sleep before each call, about the time a
 # server's worker waits for the network between two calls.

@@ -1,8 +1,9 @@
 // The TorchScript adapter: loads .pt files with libtorch and runs them as Models.
 //
-// This header is libtorch-free on purpose; torchscript.cc is the only translation
-// unit in the project that includes libtorch (it is slow to compile, and a CUDA
-// libtorch carries protobuf headers that clash with the system's).
+// This header is libtorch-free on purpose; torchscript.cc (with optimize.h beside it)
+// is the only code of the daemon that includes libtorch (it is slow to compile, and a
+// CUDA libtorch carries protobuf headers that clash with the system's). bench/inprocess
+// includes libtorch too, to time exactly what the daemon runs.
 #pragma once
 
 #include <memory>
