@@ -673,12 +673,19 @@ def main():
                      f"{fmt(own_tight)} µs)"
                      + (f"; measured per call against the compute time the daemon reports, its own cost is "
                         f"{fmt(own_net)} µs." if own_net is not None else "."))
+    refs = [r["tiny_r"] for r in pairs if r["tiny_r"]]
+    ref_spread = (f" The reference's own rate for tiny moved between {fmt(min(refs))} and {fmt(max(refs))} req/s "
+                  f"from pair to pair (splitlearnd's between "
+                  f"{fmt(min(r['tiny_s'] for r in pairs if r['tiny_s']))} and {fmt(max(r['tiny_s'] for r in pairs if r['tiny_s']))}); "
+                  f"the reference tuned by hand did {fmt(t_tiny8)} req/s alone in section 2."
+                  if refs and max(refs) > 1.5 * min(refs) else "")
     if q_tiny is not None:
         notes.append(f"2. Throughput: tiny at 8 in flight {fmt(q_tiny, 2)}× the reference (target 4×; "
                      f"{fmt(ratio(s_tiny8, t_tiny8), 2)}× the reference tuned by hand); trunk at 8 in "
                      f"flight {fmt(q_trunk, 2)}× the reference (target 2.5×; {fmt(ratio(s_trunk8, t_trunk8), 2)}× tuned); with "
                      f"`max_delay_us: 5000` it reaches {fmt(None if q_inp_wait is None else 100 * q_inp_wait, 1)} % of the in-process "
-                     f"batch-8 forward (target 85 %), with `max_delay_us: 0` {fmt(None if q_inp is None else 100 * q_inp, 1)} %.")
+                     f"batch-8 forward (target 85 %), with `max_delay_us: 0` {fmt(None if q_inp is None else 100 * q_inp, 1)} %."
+                     + ref_spread)
     if q_lone is not None:
         notes.append(f"3. Lone client: trunk p50 with batching on (delay 0) is {fmt(q_lone, 3)}× batching off (target ≤ 1.05); "
                      f"the time outside the forward is {fmt(net_on)} vs {fmt(net_off)} µs.")
