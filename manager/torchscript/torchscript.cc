@@ -220,16 +220,31 @@ Status AtomicWrite(const std::string& path, WriteFn write) {
   return Status::Ok();
 }
 
-HostTensor MakeWarmupTensor(const TensorSpec& spec);
+// Bytes of a module's parameters and buffers.
+int64_t ModuleBytes(const torch::jit::Module& module) {
+  int64_t bytes = 0;
+  for (const auto& p : module.parameters()) bytes += p.nbytes();
+  for (const auto& b : module.buffers()) bytes += b.nbytes();
+  return bytes;
+}
+
+HostTensor MakeWarmupTensor(const TensorSpec& spec) {
+  at::Tensor t;
+  const auto options = at::TensorOptions().dtype(ToScalarType(spec.dtype));
+  if (IsFloating(spec.dtype)) t = torch::randn(spec.shape, options);
+  else if (spec.dtype == DType::kBool) t = torch::ones(spec.shape, options);
+  else t = torch::zeros(spec.shape, options);
+  auto holder = std::make_shared<at::Tensor>(std::move(t));
+  return HostTensor{spec.dtype, spec.shape, holder->data_ptr(), holder->nbytes(), holder};
+}
 
 class TorchScriptModel final : public Model {
  public:
-  // `parameter_bytes`: of the module as loaded (a frozen one holds its parameters as
-  // constants); -1: count them here.
-  TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device,
-                   int64_t parameter_bytes = -1)
+  // `parameter_bytes`: ModuleBytes of the module as loaded (a frozen one holds its
+  // parameters as constants, so the loader counts them before it optimizes).
+  TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device, int64_t parameter_bytes)
       : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)),
-        training_(config.training), warmup_(config.warmup),
+        parameter_bytes_(parameter_bytes), training_(config.training), warmup_(config.warmup),
         blas_threads_(config.blas_threads) {
     const auto& schema = module_.get_method("forward").function().getSchema();
     const auto& args = schema.arguments();
@@ -248,12 +263,7 @@ class TorchScriptModel final : public Model {
       args_.push_back(std::move(a));
     }
     takes_cache_ = std::any_of(args_.begin(), args_.end(), [](const ArgInfo& a) { return a.kind == ArgKind::kKVList; });
-    for (const auto& p : module_.parameters()) {
-      parameter_bytes_ += p.nbytes();
-      params_.push_back(p);
-    }
-    for (const auto& b : module_.buffers()) parameter_bytes_ += b.nbytes();
-    if (parameter_bytes >= 0) parameter_bytes_ = parameter_bytes;
+    for (const auto& p : module_.parameters()) params_.push_back(p);
     const bool trainable = training_.enabled && training_.optimizer != "none";
     for (auto& p : params_) p.requires_grad_(trainable);
     if (trainable && !params_.empty()) {
@@ -837,7 +847,7 @@ class TorchScriptModel final : public Model {
   mutable torch::jit::Module module_;
   std::vector<ArgInfo> args_;
   bool takes_cache_ = false;
-  int64_t parameter_bytes_ = 0;
+  const int64_t parameter_bytes_;
   const TrainingConfig training_;
   const WarmupConfig warmup_;
   const int blas_threads_;  // 0: the process's setting
@@ -866,23 +876,6 @@ StatusOr<c10::Device> ParseDevice(const std::string& name) {
   return c10::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
 }
 
-int64_t ModuleBytes(const torch::jit::Module& module) {
-  int64_t bytes = 0;
-  for (const auto& p : module.parameters()) bytes += p.nbytes();
-  for (const auto& b : module.buffers()) bytes += b.nbytes();
-  return bytes;
-}
-
-HostTensor MakeWarmupTensor(const TensorSpec& spec) {
-  at::Tensor t;
-  const auto options = at::TensorOptions().dtype(ToScalarType(spec.dtype));
-  if (IsFloating(spec.dtype)) t = torch::randn(spec.shape, options);
-  else if (spec.dtype == DType::kBool) t = torch::ones(spec.shape, options);
-  else t = torch::zeros(spec.shape, options);
-  auto holder = std::make_shared<at::Tensor>(std::move(t));
-  return HostTensor{spec.dtype, spec.shape, holder->data_ptr(), holder->nbytes(), holder};
-}
-
 class TorchScriptLoader final : public ModelLoader {
  public:
   StatusOr<std::shared_ptr<Model>> Load(const ModelConfig& config) override {
@@ -905,11 +898,8 @@ class TorchScriptLoader final : public ModelLoader {
       torch::jit::Module module = torch::jit::load(file, *device);
       module.eval();
       if (!module.find_method("forward")) return InvalidArgument(file + " has no forward() method");
-      int64_t parameter_bytes = -1;
-      if (config.optimize) {
-        parameter_bytes = ModuleBytes(module);
-        module = OptimizeForInference(module);
-      }
+      const int64_t parameter_bytes = ModuleBytes(module);
+      if (config.optimize) module = OptimizeForInference(module);
       model = std::make_shared<TorchScriptModel>(config, std::move(module), *device, parameter_bytes);
       if (resume) {
         model->RestoreOptimizer(ckpt + ".optim");
