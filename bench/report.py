@@ -213,6 +213,7 @@ def main():
     ap.add_argument("--warmup-s", type=float, default=2)
     ap.add_argument("--mem-requests", type=int, default=100000)
     ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--client-cpus", default="", help="the load generator's CPU list (empty: unpinned)")
     a = ap.parse_args()
     WARMUP_S[0] = a.warmup_s
     res = Results(a.work)
@@ -288,7 +289,11 @@ def main():
     s_big = res.val(S, "identity", BIG, 1, "p50_us")
     e_big = res.val("echo", "", BIG, 1, "p50_us")
     r_big = res.val("reference", "identity", BIG, 1, "p50_us")
-    q_big = ratio(s_big, e_big)
+    q_big_sections = ratio(s_big, e_big)
+    # Judged side by side: one load generator, echo and splitlearnd call by call.
+    s_big_sbs = res.val("sbs-big-splitlearnd", "identity", BIG, 1, "p50_us")
+    e_big_sbs = res.val("sbs-big-echo", "", BIG, 1, "p50_us")
+    q_big = ratio(s_big_sbs, e_big_sbs)
 
     mem = {r["stage"]: r for r in res.mem}
     def rss(stage):
@@ -302,8 +307,12 @@ def main():
     count_row = next((r for r in res.load if r["label"] == "splitlearnd-mem-count"), None)
 
     # ---------------------------------------------------------------- thread settings
+    cc = a.client_cpus
     settings = [(f"intra1-blas{n}", S, f"intra-op 1, BLAS {n}, tiny on 1 BLAS thread (the main config)"),
-                ("plain", f"{S}-plain", f"intra-op 1, BLAS {n}, every model on it"),
+                ("plain", f"{S}-plain", f"intra-op 1, BLAS {n}, every model on it")]
+    if cc:
+        settings.append(("open", f"{S}-open", f"the main config without CPU lists (every daemon thread on any CPU)"))
+    settings += [
                 (f"intra2-blas{n}", f"splitlearnd-intra2-blas{n}", f"intra-op 2, BLAS {n}"),
                 ("intra1-blas1", "splitlearnd-intra1-blas1", "intra-op 1, BLAS 1")]
     if n >= 2:
@@ -360,7 +369,10 @@ def main():
     w("")
     w("- **splitlearnd**: the daemon (Release build), one CPU device queue; `tiny` and `trunk` with batching on "
       "(`max_batch_size: 8`, `max_delay_us: 0`), `trunk-nobatch` (the same file, `max_batch_size: 1`), `trunk-wait` "
-      "(the same file, `max_batch_size: 8`, `max_delay_us: 5000`), `identity`. Process thread settings intra-op 1, BLAS = cores (the defaults); `tiny` runs its forwards on one OpenBLAS thread (`models[].blas_threads: 1`, see docs/threading.md). Every model has `optimize: true` (frozen, TorchScript's inference passes).")
+      "(the same file, `max_batch_size: 8`, `max_delay_us: 5000`), `identity`. Process thread settings intra-op 1, BLAS = cores (the defaults); `tiny` runs its forwards on one OpenBLAS thread (`models[].blas_threads: 1`, see docs/threading.md). Every model has `optimize: true` (frozen, TorchScript's inference passes)."
+      + (f" CPU layout: `server.cpus: \"{cc}\"` (gRPC's threads, the loader and housekeeping on the load generator's CPU), "
+         f"`devices.cpu.cpus: \"0-{n - 1}\"` (the device worker and OpenBLAS's helpers on any CPU), so that the scheduler "
+         "keeps the worker off the CPU where the network work runs (docs/threading.md)." if cc else ""))
     w("- **in-process** (`bench/inprocess`): `forward()` called directly through libtorch on the same optimized "
       "module, same thread settings (splitlearnd's own `ConfigureTorchThreads`): the compute limit. For check 1 the "
       "load generator also runs the tiny forward in-process itself (`loadgen --alternate LABEL=inprocess:FILE`, "
@@ -374,7 +386,10 @@ def main():
       "checks are judged against the first; the ratio against the second is given beside each.")
     w("- **load** (`bench/loadgen`): closed loop, N calls in flight on one channel, gRPC callback client API; "
       f"{a.warmup_s:g} s warmup then {a.duration_s:g} s measured per point; the client shares the 2 cores with the "
-      "server. Requests are legacy `ComputeRequest`s (float32 `data` + `shape`).")
+      "server. Requests are legacy `ComputeRequest`s (float32 `data` + `shape`)."
+      + (f" The load generator runs on CPU {cc} only (`taskset -c {cc}`), against every server alike: it stands in "
+         "for clients on other machines, and one CPU is the share of this machine it takes; the servers may use "
+         "every CPU." if cc else ""))
     w("")
     w("Shards (written by `splitlearnctl make-demo-shard`, random weights): **tiny** = Linear 768->768 + GELU; "
       "**trunk** = 4 transformer encoder layers, d=768, 12 heads, ffn 3072; **identity** = returns its input. "
@@ -443,18 +458,21 @@ def main():
     w(f"| 3 | trunk, 1 in flight, p50 batching on (delay 0) / off, call by call in one daemon | "
       f"{fmt(lone_on)} / {fmt(lone_off)} µs = **{fmt(q_lone, 3)}**; outside the forward: {fmt(net_on)} vs {fmt(net_off)} µs | ≤ 1.05 | "
       f"{yes(None if q_lone is None else q_lone <= 1.05)} |")
-    w(f"| 4 | identity, 32 MiB in and out, 1 in flight: splitlearnd / echo p50 | {fmt(s_big)} / {fmt(e_big)} µs = **{fmt(q_big, 2)}×** | ≤ 1.5× | "
+    w(f"| 4 | identity, 32 MiB in and out, 1 in flight: splitlearnd / echo p50, call by call | {fmt(s_big_sbs)} / {fmt(e_big_sbs)} µs = **{fmt(q_big, 2)}×** "
+      f"(sections 4 and 2, minutes apart: {fmt(s_big)} / {fmt(e_big)} µs = {fmt(q_big_sections, 2)}×) | ≤ 1.5× | "
       f"{yes(None if q_big is None else q_big <= 1.5)} |")
     w(f"| 5 | RSS after {a.mem_requests:,} requests / RSS idle with the trunk loaded | {fmt(mib(after), 1)} / {fmt(mib(idle), 1)} MiB = **{fmt(q_mem, 3)}** "
       f"(vs after trunk warm-up {fmt(mib(warm), 1)} MiB: {fmt(q_mem_warm, 3)}); trunk parameters {fmt(None if 'trunk' not in pbytes else pbytes['trunk'] / 2**20, 1)} MiB | ≤ 1.05 | "
       f"{yes(None if q_mem is None else q_mem <= 1.05)} |")
     w("")
-    w("Checks 1, 2 and 3 come from the side-by-side block at the end of the run: echo, splitlearnd (the default "
-      "config, `$WORK/t1.yaml`) and the reference up at the same time. For 1 and 3 one load generator sends its "
+    w("Checks 1 to 4 come from the side-by-side block at the end of the run: echo, splitlearnd (the default "
+      "config, `$WORK/t1.yaml`) and the reference up at the same time. For 1, 3 and 4 one load generator sends its "
       "calls to the compared endpoints in turn (`loadgen --alternate`), so each sees the same machine; for 2 the "
       "servers get half-length points in turn, three pairs in the order reference/splitlearnd, "
       "splitlearnd/reference, reference/splitlearnd (in-process/splitlearnd likewise for 2c), and the median pair "
-      "is quoted. Check 4 compares the echo and splitlearnd points of sections 4 and 2; check 5 is its own daemon.")
+      "is quoted. Before the pairs the reference serves one uncounted point of each shard, as splitlearnd already "
+      "has in checks 1 and 3, so that both are compared warm (the reference's tiny rate roughly doubles once it has "
+      "served the trunk). Check 5 is its own daemon.")
     w("")
 
     # 1
@@ -690,8 +708,9 @@ def main():
         notes.append(f"3. Lone client: trunk p50 with batching on (delay 0) is {fmt(q_lone, 3)}× batching off (target ≤ 1.05); "
                      f"the time outside the forward is {fmt(net_on)} vs {fmt(net_off)} µs.")
     if q_big is not None:
-        notes.append(f"4. Large payloads: 32 MiB round trip {fmt(q_big, 2)}× the echo server's (target ≤ 1.5×)"
-                     + (f"; the reference takes {fmt(ratio(r_big, e_big), 2)}×." if r_big else "."))
+        notes.append(f"4. Large payloads: 32 MiB round trip {fmt(q_big, 2)}× the echo server's, call by call (target ≤ 1.5×; "
+                     f"{fmt(q_big_sections, 2)}× between the separate points of sections 4 and 2)"
+                     + (f"; the reference takes {fmt(ratio(r_big, e_big), 2)}× there." if r_big else "."))
     if q_mem is not None:
         notes.append(f"5. Memory: RSS after {a.mem_requests:,} requests is {fmt(q_mem, 3)}× the idle RSS with the trunk "
                      f"loaded ({fmt(q_mem_warm, 3)}× the RSS after the first trunk load point); the trunk's parameters are "
@@ -708,15 +727,17 @@ def main():
     w("```sh")
     w("cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2")
     w("bench/run.sh build            # full run, about 20 minutes on 2 cores")
-    w("QUICK=1 bench/run.sh build    # about 4 minutes, smoke test only")
+    w("QUICK=1 bench/run.sh build    # about 9 minutes, smoke test only")
     w("```")
     w("")
     w("`$BUILD` is the build folder and `$WORK` the scratch folder of the run (configs, shards, logs, raw CSVs; "
       "the CSVs are also copied to `docs/benchmarks/`). Each server runs on `127.0.0.1` on a free port; "
       "`ADDR` below stands for the port it printed. The daemon configs are `$WORK/t1.yaml` (intra-op 1, "
       f"BLAS {n}, `tiny` on one BLAS thread), `t1-plain.yaml` (the same without the per-model setting), "
-      f"`t2.yaml` (intra-op 2, BLAS {n}), `t3.yaml` (intra-op 1, BLAS 1), `t4.yaml` (pinned) and `mem.yaml`; "
-      "each listens on `127.0.0.1:0` with `max_message_bytes` 256 MiB.")
+      + ("`t1-open.yaml` (the same as `t1.yaml` without CPU lists), " if a.client_cpus else "")
+      + f"`t2.yaml` (intra-op 2, BLAS {n}), `t3.yaml` (intra-op 1, BLAS 1), `t4.yaml` (pinned) and `mem.yaml`; "
+      + ("all but `t1-open.yaml` and `t4.yaml` with the main CPU layout; " if a.client_cpus else "")
+      + "each listens on `127.0.0.1:0` with `max_message_bytes` 256 MiB.")
     w("")
     t1 = os.path.join(a.work, "t1.yaml")
     if os.path.exists(t1):

@@ -4,10 +4,11 @@
 # plots in docs/benchmarks/. See docs/benchmarks.md for what each number means.
 #
 #   bench/run.sh [BUILD_DIR]        # BUILD_DIR default: <repo>/build
-#   QUICK=1 bench/run.sh [BUILD_DIR]  # short points (~4 min), for a smoke test
+#   QUICK=1 bench/run.sh [BUILD_DIR]  # short points (~9 min), for a smoke test
 #
 # Environment: QUICK=1, WAIT_QUIET=N (wait up to N minutes for load average < 1
-# before starting), DURATION_S / WARMUP_S (seconds per load point),
+# before starting), CLIENT_CPUS (CPU list for the load generator; default "0" on a
+# machine with 2 or more CPUs, empty: anywhere), DURATION_S / WARMUP_S (seconds per load point),
 # MEM_REQUESTS (requests between the two RSS readings), WORK (scratch folder; default
 # a fresh mktemp folder), OUT_DOC (default <repo>/docs/benchmarks.md).
 #
@@ -32,6 +33,11 @@ OUT_DOC="${OUT_DOC:-$REPO/docs/benchmarks.md}"
 PLOTS="$(dirname "$OUT_DOC")/benchmarks"
 PY=/usr/bin/python3
 NPROC="$(nproc)"
+# The load generator stands in for clients on other machines: it runs on CPU 0 only
+# (every server alike), and the daemon's main config keeps its own network threads there
+# too, leaving the other CPUs to the device worker (see docs/benchmarks.md).
+if [[ "$NPROC" -ge 2 ]]; then CLIENT_CPUS="${CLIENT_CPUS-0}"; else CLIENT_CPUS=""; fi
+ALL_CPUS="0-$(( NPROC - 1 ))"
 
 SPLITLEARND="$BUILD/daemon/splitlearnd"
 CTL="$BUILD/client/splitlearnctl"
@@ -121,6 +127,10 @@ stop_server() {
   SERVER_PID=""
 }
 
+# The load generator's command prefix: pinned to CLIENT_CPUS when set.
+CLIENT=("$LOADGEN")
+[[ -z "$CLIENT_CPUS" ]] || CLIENT=(taskset -c "$CLIENT_CPUS" "$LOADGEN")
+
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status"; }
 cpu_s() {  # user+system CPU seconds of the server so far
   awk -v t="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.3f\n", ($12 + $13) / t }' "/proc/$SERVER_PID/stat"
@@ -142,7 +152,7 @@ point() {
   b0="$(device_counters)"
   bound=$(awk -v d="$DURATION_S" -v w="$WARMUP_S" 'BEGIN { printf "%d", d + w + 120 }')
   c0="$(cpu_s)"
-  local cmd=("$LOADGEN" --target "$SERVER_ADDR")
+  local cmd=("${CLIENT[@]}" --target "$SERVER_ADDR")
   [[ -z "$model" ]] || cmd+=(--model "$model")
   cmd+=(--shape "$shape" --concurrency "$conc" --duration-s "$DURATION_S" --warmup-s "$WARMUP_S"
         --csv "$LOADGEN_CSV" --label "$SERVER_LABEL" "$@")
@@ -203,16 +213,24 @@ EOF
 # models; the thread-settings configs (t2-t4) leave every model on the device's setting.
 ALL_MODELS=(tiny:tiny:8:0:1 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
 PLAIN_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
-write_config "$WORK/t1.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
-write_config "$WORK/t1-plain.yaml" 1 "$NPROC" "${PLAIN_MODELS[@]}"
-write_config "$WORK/t2.yaml" 2 "$NPROC" "${PLAIN_MODELS[@]}"
-write_config "$WORK/t3.yaml" 1 1 "${PLAIN_MODELS[@]}"
+# The main layout: the daemon's own threads (gRPC, loader, housekeeping) on the client's
+# CPUs (server.cpus), the device worker and OpenBLAS's helpers free to use every CPU
+# (devices.cpu.cpus), so that the scheduler keeps the worker where the network is not.
+layout() {  # layout COMMAND...: runs write_config with the main layout's CPU lists
+  if [[ -n "$CLIENT_CPUS" ]]; then SERVER_CPUS="$CLIENT_CPUS" DEVICE_CPUS="$ALL_CPUS" "$@"; else "$@"; fi
+}
+layout write_config "$WORK/t1.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
+layout write_config "$WORK/t1-plain.yaml" 1 "$NPROC" "${PLAIN_MODELS[@]}"
+layout write_config "$WORK/t2.yaml" 2 "$NPROC" "${PLAIN_MODELS[@]}"
+layout write_config "$WORK/t3.yaml" 1 1 "${PLAIN_MODELS[@]}"
+# t1 without CPU lists: every thread of the daemon anywhere.
+write_config "$WORK/t1-open.yaml" 1 "$NPROC" "${ALL_MODELS[@]}"
 # Pinned: the daemon's own threads (gRPC) on CPU 0, the device worker and OpenBLAS on
 # the others (devices.cpu.cpus, server.cpus).
 PIN_DEV="1"; [[ "$NPROC" -gt 2 ]] && PIN_DEV="1-$(( NPROC - 1 ))"
 PIN_BLAS=$(( NPROC > 1 ? NPROC - 1 : 1 ))
 [[ "$NPROC" -ge 2 ]] && SERVER_CPUS=0 DEVICE_CPUS="$PIN_DEV" write_config "$WORK/t4.yaml" 1 "$PIN_BLAS" "${PLAIN_MODELS[@]}"
-write_config "$WORK/mem.yaml" 1 "$NPROC" trunk:trunk:8 tiny:tiny:8:0:1
+layout write_config "$WORK/mem.yaml" 1 "$NPROC" trunk:trunk:8 tiny:tiny:8:0:1
 
 # ------------------------------------------------------------------ machine
 # WAIT_QUIET=N: wait up to N minutes for the 1-minute load average to fall below 1
@@ -284,7 +302,9 @@ point identity 8x1024x1024 1
 loadgen_info >"$WORK/splitlearnd-info-end.txt"
 stop_server
 
-settings=("1 $NPROC t1-plain plain" "2 $NPROC t2" "1 1 t3")
+settings=("1 $NPROC t1-plain plain")
+[[ -z "$CLIENT_CPUS" ]] || settings+=("1 $NPROC t1-open open")
+settings+=("2 $NPROC t2" "1 1 t3")
 [[ "$NPROC" -ge 2 ]] && settings+=("1 $PIN_BLAS t4 pinned $PIN_DEV")
 for t in "${settings[@]}"; do
   set -- $t
@@ -337,7 +357,7 @@ use_server() { SERVER_LABEL="$1"; SERVER_PID="$2"; SERVER_ADDR="$3"; }
 # alternate SECONDS CONC ENDPOINT...: one loadgen, calls taken in turn by the endpoints.
 alternate() {
   local secs="$1" conc="$2"; shift 2
-  local cmd=("$LOADGEN" --shape 1x10x768 --concurrency "$conc" --duration-s "$secs" --warmup-s "$WARMUP_S"
+  local cmd=("${CLIENT[@]}" --shape "${ALT_SHAPE:-1x10x768}" --concurrency "$conc" --duration-s "$secs" --warmup-s "$WARMUP_S"
              --csv "$LOADGEN_CSV")
   local e; for e in "$@"; do
     case "$e" in
@@ -356,6 +376,7 @@ inprocess_one() {  # inprocess_one LABEL MODEL BATCH [ARGS]: one in-process poin
   timeout 300 "${cmd[@]}" | sed 's/^/    /'
 }
 alt_s=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", 3 * d }')
+half=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", d / 2 }')
 # Check 1: echo, splitlearnd tiny, splitlearnd identity and the tiny forward run
 # in-process by the load generator itself (the daemon's adapter, with t1's settings for
 # tiny: process BLAS = cores, the model's own 1, optimized), call by call; a tight
@@ -369,8 +390,15 @@ inprocess_one sbs-after tiny 1
 inprocess_one sbs-gap tiny 1 --gap-us 250
 # Check 3: trunk with batching on (max_delay_us 0) and off, call by call, one daemon.
 alternate "$alt_s" 1 "sbs-lone-on=$SL_ADDR#trunk" "sbs-lone-off=$SL_ADDR#trunk-nobatch"
+# Check 4: echo and splitlearnd's identity shard with 32 MiB in and out, call by call.
+ALT_SHAPE=8x1024x1024 alternate "$alt_s" 1 "sbs-big-echo=$ECHO_ADDR" "sbs-big-splitlearnd=$SL_ADDR#identity"
+# The reference has served nothing yet, splitlearnd has (checks 1 and 3): one point of
+# each shard first, not counted, so that every pair below meets both servers warm (the
+# reference's tiny rate roughly doubles once it has served the trunk).
+use_server "reference-sbs-warmup" "$REF_PID" "$REF_ADDR"
+DURATION_S="$half" point tiny 1x10x768 8
+DURATION_S="$half" point trunk 1x10x768 8
 # Checks 2a/2b/2c: three pairs of half-length points, order alternating.
-half=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", d / 2 }')
 for i in 1 2 3; do
   order="ref sl"; [[ "$i" == 2 ]] && order="sl ref"
   for who in $order; do
@@ -400,7 +428,7 @@ loadgen_info >"$WORK/mem-info.txt"
 point trunk 1x10x768 8
 echo "after-trunk-warmup,$(rss_kb),$(total_requests)" >>"$MEM_CSV"
 mem_bound=$(( MEM_REQUESTS / 100 + 120 ))  # seconds; far above the expected run time
-cmd=("$LOADGEN" --target "$SERVER_ADDR" --model tiny --shape 1x10x768 --concurrency 8 --warmup-s 0
+cmd=("${CLIENT[@]}" --target "$SERVER_ADDR" --model tiny --shape 1x10x768 --concurrency 8 --warmup-s 0
      --duration-s "$mem_bound" --requests "$MEM_REQUESTS" --csv "$LOADGEN_CSV" --label splitlearnd-mem-count)
 record "${cmd[*]}"
 timeout $(( mem_bound + 120 )) "${cmd[@]}" | sed 's/^/    /' || log "loadgen reported errors"
@@ -417,5 +445,6 @@ echo "run time: $(( $(date +%s) - T_START )) s" >>"$WORK/machine.txt"
 log "writing $OUT_DOC and plots in $PLOTS"
 mkdir -p "$PLOTS"
 "$PY" "$REPO/bench/report.py" --work "$WORK" --doc "$OUT_DOC" --plots "$PLOTS" --quick "$QUICK" \
-  --duration-s "$DURATION_S" --warmup-s "$WARMUP_S" --mem-requests "$MEM_REQUESTS" --nproc "$NPROC"
+  --duration-s "$DURATION_S" --warmup-s "$WARMUP_S" --mem-requests "$MEM_REQUESTS" --nproc "$NPROC" \
+  --client-cpus "$CLIENT_CPUS"
 log "done (raw results in $WORK)"
