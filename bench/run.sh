@@ -7,8 +7,8 @@
 #   QUICK=1 bench/run.sh [BUILD_DIR]  # short points (~9 min), for a smoke test
 #
 # Environment: QUICK=1, WAIT_QUIET=N (wait up to N minutes for load average < 1
-# before starting), CLIENT_CPUS (CPU list for the load generator; default "0" on a
-# machine with 2 or more CPUs, empty: anywhere), DURATION_S / WARMUP_S (seconds per load point),
+# before starting), CLIENT_CPUS (CPU list for the load generator, e.g. "0",
+# with the daemon's CPU layout to match; default: unpinned), DURATION_S / WARMUP_S (seconds per load point),
 # MEM_REQUESTS (requests between the two RSS readings), WORK (scratch folder; default
 # a fresh mktemp folder), OUT_DOC (default <repo>/docs/benchmarks.md).
 #
@@ -33,10 +33,11 @@ OUT_DOC="${OUT_DOC:-$REPO/docs/benchmarks.md}"
 PLOTS="$(dirname "$OUT_DOC")/benchmarks"
 PY=/usr/bin/python3
 NPROC="$(nproc)"
-# The load generator stands in for clients on other machines: it runs on CPU 0 only
-# (every server alike), and the daemon's main config keeps its own network threads there
-# too, leaving the other CPUs to the device worker (see docs/benchmarks.md).
-if [[ "$NPROC" -ge 2 ]]; then CLIENT_CPUS="${CLIENT_CPUS-0}"; else CLIENT_CPUS=""; fi
+# CLIENT_CPUS=0: the load generator runs on CPU 0 only (every server alike), and the
+# daemon's main configs keep their own threads there too, leaving the other CPUs to the
+# device worker (the layout docs/threading.md measures). Unset: everything anywhere.
+CLIENT_CPUS="${CLIENT_CPUS:-}"
+[[ "$NPROC" -ge 2 ]] || CLIENT_CPUS=""
 ALL_CPUS="0-$(( NPROC - 1 ))"
 
 SPLITLEARND="$BUILD/daemon/splitlearnd"
@@ -213,9 +214,10 @@ EOF
 # models; the thread-settings configs (t2-t4) leave every model on the device's setting.
 ALL_MODELS=(tiny:tiny:8:0:1 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
 PLAIN_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
-# The main layout: the daemon's own threads (gRPC, loader, housekeeping) on the client's
-# CPUs (server.cpus), the device worker and OpenBLAS's helpers free to use every CPU
-# (devices.cpu.cpus), so that the scheduler keeps the worker where the network is not.
+# With CLIENT_CPUS, the main configs get a CPU layout: the daemon's own threads (gRPC,
+# loader, housekeeping) on the client's CPUs (server.cpus), the device worker and
+# OpenBLAS's helpers free to use every CPU (devices.cpu.cpus), so that the scheduler
+# keeps the worker where the network is not; t1-open.yaml is t1 without it.
 layout() {  # layout COMMAND...: runs write_config with the main layout's CPU lists
   if [[ -n "$CLIENT_CPUS" ]]; then SERVER_CPUS="$CLIENT_CPUS" DEVICE_CPUS="$ALL_CPUS" "$@"; else "$@"; fi
 }
