@@ -311,7 +311,7 @@ def main():
     settings = [(f"intra1-blas{n}", S, f"intra-op 1, BLAS {n}, tiny on 1 BLAS thread (the main config)"),
                 ("plain", f"{S}-plain", f"intra-op 1, BLAS {n}, every model on it")]
     if cc:
-        settings.append(("open", f"{S}-open", f"the main config without CPU lists (every daemon thread on any CPU)"))
+        settings.append(("open", f"{S}-open", "the main config without CPU lists (every daemon thread on any CPU)"))
     settings += [
                 (f"intra2-blas{n}", f"splitlearnd-intra2-blas{n}", f"intra-op 2, BLAS {n}"),
                 ("intra1-blas1", "splitlearnd-intra1-blas1", "intra-op 1, BLAS 1")]
@@ -734,9 +734,9 @@ def main():
       "the CSVs are also copied to `docs/benchmarks/`). Each server runs on `127.0.0.1` on a free port; "
       "`ADDR` below stands for the port it printed. The daemon configs are `$WORK/t1.yaml` (intra-op 1, "
       f"BLAS {n}, `tiny` on one BLAS thread), `t1-plain.yaml` (the same without the per-model setting), "
-      + ("`t1-open.yaml` (the same as `t1.yaml` without CPU lists), " if a.client_cpus else "")
+      + ("`t1-open.yaml` (the same as `t1.yaml` without CPU lists), " if cc else "")
       + f"`t2.yaml` (intra-op 2, BLAS {n}), `t3.yaml` (intra-op 1, BLAS 1), `t4.yaml` (pinned) and `mem.yaml`; "
-      + ("all but `t1-open.yaml` and `t4.yaml` with the main CPU layout; " if a.client_cpus else "")
+      + ("all but `t1-open.yaml` and `t4.yaml` with the main CPU layout; " if cc else "")
       + "each listens on `127.0.0.1:0` with `max_message_bytes` 256 MiB.")
     w("")
     t1 = os.path.join(a.work, "t1.yaml")
