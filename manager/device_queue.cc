@@ -139,13 +139,19 @@ void DeviceQueue::RunBatch(std::vector<std::unique_ptr<Job>>& batch) {
   if (batch.empty()) return;
 
   std::vector<StatusOr<InferenceResult>> results;
-  if (batch.front()->custom) {
-    results.push_back(batch.front()->custom(*batch.front()->model));
-  } else {
-    std::vector<const InferenceRequest*> requests;
-    requests.reserve(batch.size());
-    for (const auto& j : batch) requests.push_back(&j->request);
-    results = batch.front()->model->Run(requests);
+  try {
+    if (batch.front()->custom) {
+      results.push_back(batch.front()->custom(*batch.front()->model));
+    } else {
+      std::vector<const InferenceRequest*> requests;
+      requests.reserve(batch.size());
+      for (const auto& j : batch) requests.push_back(&j->request);
+      results = batch.front()->model->Run(requests);
+    }
+  } catch (const std::exception& e) {
+    // A Model answers with statuses and should never throw; if one does, its batch
+    // fails rather than the worker (and with it the daemon).
+    results.assign(batch.size(), Internal(std::string("model threw: ") + e.what()));
   }
   const auto finished = SteadyClock::now();
   const int n = static_cast<int>(batch.size());

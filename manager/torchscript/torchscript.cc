@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -41,7 +42,20 @@ std::atomic<int> g_intra{1};
 std::atomic<int> g_inter{1};
 std::atomic<int> g_blas{0};
 
-int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
+// How many CPUs the process was started on (systemd's CPUAffinity=, taskset, a cpuset),
+// not every CPU of the host: OpenBLAS's pool is sized to them when no count is set.
+// Counted when the library loads, before the daemon pins its main thread (server.cpus).
+int AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+const int kAllowedCpus = AllowedCpus();
+int HardwareThreads() { return kAllowedCpus; }
 
 // OpenBLAS sizes its own pool at load time; it can be resized through this symbol,
 // which libblas.so.3 exports when the OpenBLAS alternative is selected.
@@ -159,6 +173,23 @@ StatusOr<HostTensor> ToHost(at::Tensor t, std::optional<DType> asked, DType requ
 }
 
 // Errors thrown by a model: shape complaints are the caller's fault, the rest is not.
+// An id the server hands out (session, training forward): a prefix and serial that read
+// well in logs, then 128 random bits, so that nobody can guess another client's id.
+std::string UnguessableId(const char* prefix, uint64_t serial) {
+  unsigned char bytes[16];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) {
+    std::random_device rd;
+    for (auto& b : bytes) b = static_cast<unsigned char>(rd() & 0xff);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = std::string(prefix) + std::to_string(serial) + "-";
+  for (unsigned char b : bytes) {
+    id += kHex[b >> 4];
+    id += kHex[b & 15];
+  }
+  return id;
+}
+
 Status ModelError(const std::string& what) {
   std::string msg = what.size() > 2000 ? what.substr(0, 2000) + "..." : what;
   static const char* kShapeHints[] = {"shape", "size mismatch", "must match the size", "cannot be multiplied",
@@ -245,7 +276,7 @@ class TorchScriptModel final : public Model {
   TorchScriptModel(const ModelConfig& config, torch::jit::Module module, c10::Device device, int64_t parameter_bytes)
       : id_(config.id), device_name_(config.device), device_(device), module_(std::move(module)),
         parameter_bytes_(parameter_bytes), training_(config.training), warmup_(config.warmup),
-        blas_threads_(config.blas_threads) {
+        compute_dtype_(config.compute_dtype), blas_threads_(config.blas_threads) {
     const auto& schema = module_.get_method("forward").function().getSchema();
     const auto& args = schema.arguments();
     for (size_t i = 1; i < args.size(); ++i) {  // 0 is self
@@ -305,6 +336,8 @@ class TorchScriptModel final : public Model {
       torch::load(*optimizer_, path);
     } catch (const c10::Error& e) {
       spdlog::warn("model '{}': optimizer state in {} not restored: {}", id_, path, e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      spdlog::warn("model '{}': optimizer state in {} not restored: {}", id_, path, e.what());
     }
   }
 
@@ -320,7 +353,10 @@ class TorchScriptModel final : public Model {
     results.reserve(batch.size());
     if (batch.size() > 1) {
       if (RunMerged(batch, &results)) return results;
-      results.clear();  // outputs did not split along dim 0: serve one by one
+      // Not mergeable after all, a forward that failed, or outputs that do not split
+      // along dim 0: serve one by one, so that each request gets its own answer and
+      // one client's bad input never fails another's request.
+      results.clear();
     }
     for (const InferenceRequest* r : batch) results.push_back(RunOne(*r));
     return results;
@@ -329,6 +365,7 @@ class TorchScriptModel final : public Model {
   Status Warmup(int max_batch_size) const override {
     if (warmup_.inputs.empty()) return Status::Ok();
     InferenceRequest warm;
+    warm.compute_dtype = compute_dtype_;  // as the daemon sets it on every request
     for (const auto& spec : warmup_.inputs) warm.inputs.push_back(NamedTensor{spec.name, MakeWarmupTensor(spec)});
     // The batches the queue will form: one request, and as many as fill max_batch_size
     // rows (inputs without a first dimension never merge).
@@ -385,7 +422,7 @@ class TorchScriptModel final : public Model {
     }
     std::string id = wanted;
     if (id.empty()) {
-      id = "s-" + std::to_string(++session_serial_) + "-" + std::to_string(std::random_device{}() & 0xffffff);
+      id = UnguessableId("s-", ++session_serial_);
     } else if (sessions_.count(id)) {
       return Status(StatusCode::kAlreadyExists, "session '" + id + "' is already open");
     }
@@ -419,18 +456,19 @@ class TorchScriptModel final : public Model {
     if (it == graphs_.end()) {
       return NotFound("unknown or expired forward_id '" + request.forward_id + "' for model '" + id_ + "'");
     }
+    // A grad_output of the wrong shape leaves the graph where it is: a corrected retry
+    // still finds it.
+    if (it->second.output.sizes().vec() != request.grad_output.shape) {
+      std::ostringstream os;
+      os << "grad_output shape " << c10::IntArrayRef(request.grad_output.shape)
+         << " does not match the forward's output shape " << it->second.output.sizes();
+      return InvalidArgument(os.str());
+    }
     Graph graph = std::move(it->second);
     graphs_.erase(it);
     UpdateGraphStats();
     try {
-      at::Tensor grad = ToTensor(request.grad_output, device_);
-      if (grad.sizes() != graph.output.sizes()) {
-        std::ostringstream os;
-        os << "grad_output shape " << grad.sizes() << " does not match the forward's output shape "
-           << graph.output.sizes();
-        return InvalidArgument(os.str());
-      }
-      grad = grad.to(graph.output.scalar_type());
+      at::Tensor grad = ToTensor(request.grad_output, device_).to(graph.output.scalar_type());
       torch::AutoGradMode enable(true);
       graph.output.backward(grad);
       InferenceResult result;
@@ -450,6 +488,11 @@ class TorchScriptModel final : public Model {
     } catch (const c10::Error& e) {
       if (optimizer_) optimizer_->zero_grad();
       return ModelError(e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      // Errors from the part of backward the TorchScript interpreter runs (out of
+      // memory, for one) arrive as plain std::exception.
+      if (optimizer_) optimizer_->zero_grad();
+      return ModelError(e.what());
     }
   }
 
@@ -463,6 +506,8 @@ class TorchScriptModel final : public Model {
       }
     } catch (const c10::Error& e) {
       return Internal("checkpoint of '" + id_ + "' failed: " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      return Internal("checkpoint of '" + id_ + "' failed: " + e.what());
     }
     saved_steps_ = steps_.load();
     return Status::Ok();
@@ -590,7 +635,7 @@ class TorchScriptModel final : public Model {
       if (!h.ok()) return h.status();
       result.outputs.push_back(NamedTensor{"output", std::move(*h)});
     }
-    result.forward_id = request.forward_id.empty() ? "f-" + std::to_string(++graph_serial_) : request.forward_id;
+    result.forward_id = request.forward_id.empty() ? UnguessableId("f-", ++graph_serial_) : request.forward_id;
     // Bounded by count, bytes and age: the oldest graphs go first.
     graphs_.erase(result.forward_id);
     const auto& t = request.training_config;
@@ -638,12 +683,36 @@ class TorchScriptModel final : public Model {
     return false;
   }
 
+  // Whether `r` can share a forward with `head`: the same inputs (count, names, dtypes,
+  // trailing dimensions), every input of each with the same first dimension, the same
+  // conversions, and no cache, session or training. The queue merges on a hash of
+  // this; checking it here makes a hash collision harmless.
+  static bool SameSignature(const InferenceRequest& head, const InferenceRequest& r) {
+    if (r.use_cache || !r.past_key_values.empty() || !r.session_id.empty() || r.training) return false;
+    if (r.inputs.size() != head.inputs.size() || r.inputs.empty()) return false;
+    if (r.output_dtype != head.output_dtype || r.compute_dtype != head.compute_dtype) return false;
+    const int64_t rows = r.inputs.front().tensor.shape.empty() ? -1 : r.inputs.front().tensor.shape.front();
+    for (size_t i = 0; i < r.inputs.size(); ++i) {
+      const NamedTensor& a = head.inputs[i];
+      const NamedTensor& b = r.inputs[i];
+      if (a.name != b.name || a.tensor.dtype != b.tensor.dtype || b.tensor.shape.empty() ||
+          a.tensor.shape.size() != b.tensor.shape.size() || b.tensor.shape.front() != rows ||
+          !std::equal(a.tensor.shape.begin() + 1, a.tensor.shape.end(), b.tensor.shape.begin() + 1)) {
+        return false;
+      }
+    }
+    return rows >= 1;
+  }
+
   // One forward over the concatenation of compatible requests, split back by rows.
+  // Returns false, with nothing added to `results`, when the batch must be served one
+  // request at a time instead.
   bool RunMerged(const std::vector<const InferenceRequest*>& batch, std::vector<StatusOr<InferenceResult>>* results) const {
     const InferenceRequest& head = *batch.front();
     std::vector<int64_t> rows;
     int64_t total = 0;
     for (const auto* r : batch) {
+      if (!SameSignature(head, *r)) return false;
       rows.push_back(r->inputs.front().tensor.shape.front());
       total += rows.back();
     }
@@ -658,10 +727,7 @@ class TorchScriptModel final : public Model {
         merged.push_back(Convert(device_.is_cpu() ? cat : cat.to(device_), head));
       }
       auto out = Forward(head, merged, {}, false);
-      if (!out.ok()) {
-        for (size_t i = 0; i < batch.size(); ++i) results->push_back(out.status());
-        return true;
-      }
+      if (!out.ok()) return false;
       // Every output must have `total` rows to be split.
       std::vector<at::Tensor> flat;
       if (!Flatten(*out, &flat)) return false;
@@ -676,12 +742,10 @@ class TorchScriptModel final : public Model {
         results->push_back(Collect(*out, *batch[i], &slice, false));
       }
       return true;
-    } catch (const c10::Error& e) {
-      for (size_t i = 0; i < batch.size(); ++i) results->push_back(ModelError(e.what_without_backtrace()));
-      return true;
-    } catch (const std::exception& e) {
-      for (size_t i = 0; i < batch.size(); ++i) results->push_back(ModelError(e.what()));
-      return true;
+    } catch (const std::exception&) {
+      // Which request the forward choked on is unknown: each one alone will tell.
+      results->clear();
+      return false;
     }
   }
 
@@ -850,6 +914,7 @@ class TorchScriptModel final : public Model {
   const int64_t parameter_bytes_;
   const TrainingConfig training_;
   const WarmupConfig warmup_;
+  const std::optional<DType> compute_dtype_;  // warmup converts as requests are converted
   const int blas_threads_;  // 0: the process's setting
   std::vector<at::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;

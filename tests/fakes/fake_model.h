@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +27,7 @@ struct FakeBehaviour {
   float add = 1.0f;
   std::chrono::milliseconds delay{0};     // per forward
   bool fail_run = false;                   // Run() answers INTERNAL
+  bool throw_run = false;                  // Run() throws (a broken Model)
   bool fail_load = false;                  // FakeLoader refuses to load
   bool fail_warmup = false;                // Warmup() answers INTERNAL
   std::chrono::milliseconds load_delay{0};
@@ -59,6 +61,7 @@ class FakeModel final : public Model {
       batch_sizes_.push_back(static_cast<int>(batch.size()));
     }
     if (b_.delay.count() > 0) std::this_thread::sleep_for(b_.delay);
+    if (b_.throw_run) throw std::runtime_error("fake model threw");
     std::vector<StatusOr<InferenceResult>> out;
     for (const InferenceRequest* r : batch) {
       if (b_.fail_run) {

@@ -72,6 +72,24 @@ TEST_CASE("every job runs on the one worker thread, in order") {
   CHECK(queue.jobs_run() == 200);
 }
 
+TEST_CASE("a model that throws fails its batch with INTERNAL, and the worker goes on") {
+  FakeBehaviour broken;
+  broken.throw_run = true;
+  auto bad = std::make_shared<FakeModel>("bad", "cpu", broken);
+  auto good = std::make_shared<FakeModel>("good", "cpu", FakeBehaviour{});
+  DeviceQueue queue("cpu", 16);
+  auto o1 = std::make_shared<Outcome>();
+  auto j1 = MakeJob(bad, o1);
+  REQUIRE(queue.TryEnqueue(j1).ok());
+  const auto r1 = o1->promise.get_future().get().first;
+  CHECK(r1.code() == StatusCode::kInternal);
+  CHECK(r1.message().find("fake model threw") != std::string::npos);
+  auto o2 = std::make_shared<Outcome>();
+  auto j2 = MakeJob(good, o2);
+  REQUIRE(queue.TryEnqueue(j2).ok());
+  CHECK(o2->promise.get_future().get().first.ok());
+}
+
 TEST_CASE("a full queue refuses at once and the caller keeps the job") {
   FakeBehaviour slow;
   slow.delay = 200ms;

@@ -26,9 +26,12 @@ class BadInputTest(DaemonTestCase):
     def make_models(cls, workdir):
         cls.linear_path = torch_models.make(torch_models.LinearGelu, os.path.join(workdir, "linear.pt"), seed=21)
         torch_models.make(torch_models.ThrowsOnThreeRows, os.path.join(workdir, "boom.pt"))
+        torch_models.make(torch_models.ThrowsOnMarker, os.path.join(workdir, "marker.pt"))
         return [
             model_entry("linear-gelu", "linear.pt", [1, 768], default=True, max_batch_size=4),
             model_entry("boom", "boom.pt", [1, 8]),
+            # Waits for a second request to batch with (up to 5 s): two sent together merge.
+            model_entry("marker", "marker.pt", [1, 8], max_batch_size=2, max_delay_us=5_000_000),
         ]
 
     @classmethod
@@ -187,6 +190,30 @@ class BadInputTest(DaemonTestCase):
         resp = self.stub.Compute(self.request(y.tobytes(), y.shape, model_id="boom"), timeout=30)
         got = np.frombuffer(resp.data, dtype=np.float32).reshape(tuple(resp.shape))
         np.testing.assert_allclose(got, y * 2.0 + 1.0, rtol=0, atol=1e-6)
+
+    def test_model_that_throws_in_a_merged_batch_fails_only_the_bad_request(self):
+        # Two one-row requests merge into one forward, which the model refuses because of
+        # one of them; the other client's request must still get its own answer.
+        def device_counters():
+            info = self.stub.GetServiceInfo(compute_pb2.ServiceInfoRequest(), timeout=30).custom_info
+            return int(info["device.cpu.requests_run"]), int(info["device.cpu.batches_run"])
+
+        good = f32([1, 8], seed=5)
+        bad = f32([1, 8], seed=6)
+        bad[0, 3] = 13.0
+        requests_before, batches_before = device_counters()
+        calls = [self.stub.Compute.future(self.request(x.tobytes(), x.shape, model_id="marker"), timeout=30)
+                 for x in (good, bad)]
+        resp = calls[0].result()
+        got = np.frombuffer(resp.data, dtype=np.float32).reshape(tuple(resp.shape))
+        np.testing.assert_allclose(got, good * 2.0 + 1.0, rtol=0, atol=1e-6)
+        with self.assertRaises(grpc.RpcError) as caught:
+            calls[1].result()
+        self.assertEqual(caught.exception.code(), INTERNAL, caught.exception.details())
+        self.assertIn("marker", caught.exception.details())
+        requests_after, batches_after = device_counters()
+        # Both requests went to the model in one batch: a merge was tried.
+        self.assertEqual((requests_after - requests_before, batches_after - batches_before), (2, 1))
 
     def test_daemon_survived_and_counted_failures(self):
         before = self.stub.GetServiceInfo(compute_pb2.ServiceInfoRequest(), timeout=30)

@@ -56,6 +56,15 @@ class ThrowsOnThreeRows(nn.Module):
         return x * 2.0 + 1.0
 
 
+class ThrowsOnMarker(nn.Module):
+    """Fine for any input except one that holds the value 13 somewhere."""
+
+    def forward(self, x):
+        if bool((x == 13.0).any()):
+            raise RuntimeError("marker: this test model refuses the value 13")
+        return x * 2.0 + 1.0
+
+
 class Identity(nn.Module):
     def forward(self, x):
         return x

@@ -286,6 +286,9 @@ TEST_CASE("training: the input gradient matches a finite difference, and SGD cha
   auto fwd = model->Run({&in.request})[0];
   REQUIRE(fwd.ok());
   REQUIRE_FALSE(fwd->forward_id.empty());
+  // Server-minted ids carry 128 random bits (32 hex digits after the serial): nobody
+  // can guess another client's graph.
+  CHECK_THAT(fwd->forward_id, Catch::Matches("f-1-[0-9a-f]{32}"));
   const auto y0 = Floats(fwd->outputs[0].tensor);
 
   // d(sum(y))/dx by central differences on inference runs.
@@ -302,8 +305,12 @@ TEST_CASE("training: the input gradient matches a finite difference, and SGD cha
   std::vector<float> ones(4, 1.0f);
   BackwardRequest b;
   b.forward_id = fwd->forward_id;
-  b.grad_output = HostTensor{DType::kFloat32, {1, 4}, ones.data(), 16, nullptr};
   b.training_config = cfg.training;
+  // A grad_output of the wrong shape is refused and leaves the graph for a corrected retry.
+  b.grad_output = HostTensor{DType::kFloat32, {2, 2}, ones.data(), 16, nullptr};
+  CHECK(model->Backward(b).status().code() == StatusCode::kInvalidArgument);
+  CHECK(model->Stats().training_graphs == 1);
+  b.grad_output = HostTensor{DType::kFloat32, {1, 4}, ones.data(), 16, nullptr};
   auto grad = model->Backward(b);
   REQUIRE(grad.ok());
   const auto g = Floats(grad->outputs[0].tensor);
