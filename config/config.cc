@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -64,7 +65,20 @@ class Parser {
     return v;
   }
   bool Bool(const YAML::Node& n, const std::string& key) const { return Scalar<bool>(n, key, "true or false"); }
-  double Double(const YAML::Node& n, const std::string& key) const { return Scalar<double>(n, key, "a number"); }
+  // A finite number (YAML's .inf and .nan are refused: no setting here means them).
+  double Double(const YAML::Node& n, const std::string& key) const {
+    const double v = Scalar<double>(n, key, "a number");
+    if (!std::isfinite(v)) Fail(n, key, "must be a finite number");
+    return v;
+  }
+  // A duration in seconds: finite, at most 10^7 s (about 115 days), and positive or
+  // at least zero as the setting needs.
+  double Seconds(const YAML::Node& n, const std::string& key, bool positive) const {
+    const double v = Double(n, key);
+    if (positive ? v <= 0 : v < 0) Fail(n, key, positive ? "must be positive" : "must not be negative");
+    if (v > 1e7) Fail(n, key, "must be at most 10000000 seconds");
+    return v;
+  }
   // A CPU list: "0-3,6" (the kernel's notation), a single number, or a YAML list of numbers.
   std::vector<int> Cpus(const YAML::Node& n, const std::string& key) const {
     std::string text;
@@ -108,11 +122,9 @@ class Parser {
       } else if (name == "max_message_bytes") {
         s.max_message_bytes = Int(v, key, 1024, (1LL << 31) - 1);
       } else if (name == "drain_timeout_s") {
-        s.drain_timeout_s = Double(v, key);
-        if (s.drain_timeout_s < 0) Fail(v, key, "must not be negative");
+        s.drain_timeout_s = Seconds(v, key, false);
       } else if (name == "drain_grace_s") {
-        s.drain_grace_s = Double(v, key);
-        if (s.drain_grace_s < 0) Fail(v, key, "must not be negative");
+        s.drain_grace_s = Seconds(v, key, false);
       } else if (name == "watch_config") {
         s.watch_config = Bool(v, key);
       } else if (name == "log_level") {
@@ -303,13 +315,14 @@ class Parser {
         const auto name = String(v, key);
         m.compute_dtype = DTypeFromName(name);
         if (!m.compute_dtype) Fail(v, key, "unknown dtype '" + name + "'");
+        if (*m.compute_dtype != DType::kFloat32 && *m.compute_dtype != DType::kFloat16 &&
+            *m.compute_dtype != DType::kBFloat16) {
+          Fail(v, key, "must be a floating dtype (float32, float16 or bfloat16): it converts floating inputs");
+        }
       } else if (field == "sessions") {
         ExpectMap(v, key, {"max_sessions", "idle_timeout_s", "max_bytes"});
         if (v["max_sessions"]) m.sessions.max_sessions = static_cast<int>(Int(v["max_sessions"], key + ".max_sessions", 0, 1 << 20));
-        if (v["idle_timeout_s"]) {
-          m.sessions.idle_timeout_s = Double(v["idle_timeout_s"], key + ".idle_timeout_s");
-          if (m.sessions.idle_timeout_s <= 0) Fail(v["idle_timeout_s"], key + ".idle_timeout_s", "must be positive");
-        }
+        if (v["idle_timeout_s"]) m.sessions.idle_timeout_s = Seconds(v["idle_timeout_s"], key + ".idle_timeout_s", true);
         if (v["max_bytes"]) m.sessions.max_bytes = Int(v["max_bytes"], key + ".max_bytes", 0, 1LL << 50);
       } else if (field == "training") {
         ExpectMap(v, key, {"enabled", "optimizer", "learning_rate", "momentum", "checkpoint_path", "max_graphs",
@@ -322,15 +335,21 @@ class Parser {
             Fail(v["optimizer"], key + ".optimizer", "must be sgd, adam or none (gradients only, no updates)");
           }
         }
-        if (v["learning_rate"]) t.learning_rate = Double(v["learning_rate"], key + ".learning_rate");
-        if (v["momentum"]) t.momentum = Double(v["momentum"], key + ".momentum");
+        if (v["learning_rate"]) {
+          t.learning_rate = Double(v["learning_rate"], key + ".learning_rate");
+          // The same range a ComputeBackward's own learning_rate must be in.
+          if (t.learning_rate < 0 || t.learning_rate > 1e6) {
+            Fail(v["learning_rate"], key + ".learning_rate", "must be between 0 and 1000000");
+          }
+        }
+        if (v["momentum"]) {
+          t.momentum = Double(v["momentum"], key + ".momentum");
+          if (t.momentum < 0 || t.momentum > 1) Fail(v["momentum"], key + ".momentum", "must be between 0 and 1");
+        }
         if (v["checkpoint_path"]) t.checkpoint_path = String(v["checkpoint_path"], key + ".checkpoint_path");
         if (v["max_graphs"]) t.max_graphs = static_cast<int>(Int(v["max_graphs"], key + ".max_graphs", 1, 1 << 20));
         if (v["max_graph_bytes"]) t.max_graph_bytes = Int(v["max_graph_bytes"], key + ".max_graph_bytes", 0, 1LL << 50);
-        if (v["graph_ttl_s"]) {
-          t.graph_ttl_s = Double(v["graph_ttl_s"], key + ".graph_ttl_s");
-          if (t.graph_ttl_s <= 0) Fail(v["graph_ttl_s"], key + ".graph_ttl_s", "must be positive");
-        }
+        if (v["graph_ttl_s"]) t.graph_ttl_s = Seconds(v["graph_ttl_s"], key + ".graph_ttl_s", true);
       }
     }
     if (m.optimize && m.training.enabled) {

@@ -143,6 +143,41 @@ TEST_CASE("errors name file, line, column and key") {
   }
 }
 
+TEST_CASE("numbers that would fail later or mean nothing are refused when the config is read") {
+  TempDir dir;
+  struct Bad {
+    const char* yaml;
+    const char* key;
+    const char* says;
+  };
+  const Bad cases[] = {
+      {"server: {drain_timeout_s: .inf}\nmodels:\n  - {id: a, path: m.pt}\n", "server.drain_timeout_s", "finite"},
+      {"server: {drain_grace_s: .nan}\nmodels:\n  - {id: a, path: m.pt}\n", "server.drain_grace_s", "finite"},
+      {"server: {drain_timeout_s: 1e12}\nmodels:\n  - {id: a, path: m.pt}\n", "server.drain_timeout_s", "at most"},
+      {"models:\n  - {id: a, path: m.pt, sessions: {idle_timeout_s: .nan}}\n", "idle_timeout_s", "finite"},
+      {"models:\n  - {id: a, path: m.pt, training: {graph_ttl_s: .inf}}\n", "graph_ttl_s", "finite"},
+      {"models:\n  - {id: a, path: m.pt, training: {enabled: true, learning_rate: -0.1}}\n", "learning_rate",
+       "between"},
+      {"models:\n  - {id: a, path: m.pt, training: {enabled: true, learning_rate: .nan}}\n", "learning_rate",
+       "finite"},
+      {"models:\n  - {id: a, path: m.pt, training: {enabled: true, momentum: -1}}\n", "momentum", "between"},
+      {"models:\n  - {id: a, path: m.pt, compute_dtype: int64}\n", "compute_dtype", "floating"},
+      {"models:\n  - {id: a, path: m.pt, compute_dtype: bool}\n", "compute_dtype", "floating"},
+  };
+  for (const Bad& b : cases) {
+    INFO(b.yaml);
+    auto c = Parse(dir, b.yaml);
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains(b.key) && Catch::Contains(b.says));
+  }
+  // The edges stay accepted.
+  auto ok = Parse(dir,
+                  "server: {drain_timeout_s: 0, drain_grace_s: 10000000}\nmodels:\n  - {id: a, path: m.pt, "
+                  "compute_dtype: bfloat16, training: {enabled: true, learning_rate: 0, momentum: 1}}\n");
+  INFO(ok.status().ToString());
+  CHECK(ok.ok());
+}
+
 TEST_CASE("device names") {
   CHECK(IsValidDeviceName("cpu"));
   CHECK(IsValidDeviceName("cuda:0"));
