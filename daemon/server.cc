@@ -50,19 +50,18 @@ Status Server::Start() {
     builder.SetOption(WithoutReflection());
   }
   builder.RegisterService(&compute_);
-  server_ = builder.BuildAndStart();
-  if (!server_) return Unavailable("cannot listen on " + options_.listen);
+  auto server = builder.BuildAndStart();
+  if (!server) return Unavailable("cannot listen on " + options_.listen);
   if (options_.listen.rfind("unix:", 0) == 0) {
     bound_address_ = options_.listen;
   } else {
-    if (bound_port_ == 0) {
-      server_.reset();
-      return Unavailable("cannot listen on " + options_.listen);
-    }
+    if (bound_port_ == 0) return Unavailable("cannot listen on " + options_.listen);
     const auto colon = options_.listen.rfind(':');
     bound_address_ = options_.listen.substr(0, colon) + ":" + std::to_string(bound_port_);
   }
+  // Model-state hooks may already be setting health from the loader thread.
   std::lock_guard<std::mutex> lock(health_mu_);
+  server_ = std::move(server);
   auto* health = server_->GetHealthCheckService();
   health->SetServingStatus("", false);
   health->SetServingStatus("splitlearn.comm.ComputeService", false);
@@ -108,11 +107,16 @@ bool Server::WaitDrained(std::chrono::milliseconds timeout) {
 }
 
 void Server::Shutdown() {
-  if (!server_) return;
+  std::unique_ptr<grpc::Server> server;
+  {
+    // Health updates from other threads find no server from here on.
+    std::lock_guard<std::mutex> lock(health_mu_);
+    server = std::move(server_);
+  }
+  if (!server) return;
   // Calls still in flight get a short grace, then are cancelled.
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  server_->Wait();
-  server_.reset();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server->Wait();
 }
 
 }  // namespace splitlearnd

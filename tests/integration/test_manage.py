@@ -199,6 +199,39 @@ class Management(unittest.TestCase):
         self.assertIn("is splitlearnd running", r.stderr)
 
 
+def daemon_health(port, service=""):
+    """grpc.health.v1.Health/Check, encoded by hand (field 1 of each message):
+    1 SERVING, 2 NOT_SERVING."""
+    data = service.encode()
+    request = b"\x0a" + bytes([len(data)]) + data if data else b""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        raw = ch.unary_unary("/grpc.health.v1.Health/Check")(request, timeout=10)
+    return raw[1] if raw[:1] == b"\x08" else 0
+
+
+class DaemonHealthFollowsModels(unittest.TestCase):
+    """The daemon-wide health (service "", what balancers and readiness probes check)
+    follows management calls, not only config reloads: NOT_SERVING once nothing
+    serves, SERVING again when a model is loaded."""
+
+    def test_unload_and_load_change_the_daemon_wide_health(self):
+        d = Daemon([model_entry("only", "only.pt", default=True)], prefix="health")
+        try:
+            write_add_model(d.path("only.pt"), 1)
+            d.start()
+            manage = d.manage_stub()
+            self.assertEqual(daemon_health(d.port), 1)
+            manage.UnloadModel(management_pb2.UnloadModelRequest(id="only"), timeout=30)
+            wait_until(lambda: daemon_health(d.port) == 2, 30, "NOT_SERVING after the last model is unloaded")
+            self.assertEqual(daemon_health(d.port, "splitlearn.comm.ComputeService"), 2)
+            info = manage.LoadModel(management_pb2.LoadModelRequest(path="only.pt", id="again"), timeout=120)
+            self.assertEqual(info.state, management_pb2.READY)
+            wait_until(lambda: daemon_health(d.port) == 1, 30, "SERVING after a model is loaded")
+            self.assertEqual(d.stop(), 0, d.log())
+        finally:
+            d.cleanup()
+
+
 def subprocess_ctl_unreachable(d):
     import subprocess
     from lifecycle import SPLITLEARNCTL_BIN
