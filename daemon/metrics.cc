@@ -524,10 +524,19 @@ void MetricsEndpoint::Answer(int fd) const {
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
   std::string request;
   char buf[1024];
+  // The whole request must arrive within the timeout, not each piece of it: a client
+  // that trickles a byte at a time cannot hold the endpoint's one thread.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kClientTimeoutMs);
   while (request.find("\r\n\r\n") == std::string::npos && request.find("\n\n") == std::string::npos) {
     if (request.size() > kMaxRequestBytes) {
       return SendAll(fd, HttpResponse("431 Request Header Fields Too Large", "text/plain", "", false));
     }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    pollfd pfd{fd, POLLIN, 0};
+    const int ready = ::poll(&pfd, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) return;  // silent until the deadline, or an error
     const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return;  // closed or silent for too long

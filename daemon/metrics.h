@@ -177,7 +177,7 @@ class Metrics final : public RequestObserver {
 
 // The HTTP endpoint serving GET /metrics in Prometheus' text format (and 404 for
 // other paths). One thread accepts and answers connections one at a time; a client
-// that sends nothing for 5 seconds is dropped.
+// whose request has not fully arrived within 5 seconds is dropped.
 class MetricsEndpoint {
  public:
   // `listen` is "host:port" ("[v6addr]:port" for IPv6; port 0: any free port).
