@@ -190,12 +190,26 @@ std::string UnguessableId(const char* prefix, uint64_t serial) {
   return id;
 }
 
+// The line that says what went wrong: the last non-empty one. A TorchScript error puts
+// the interpreter's traceback, with the model's source code, before it.
+std::string CauseLine(const std::string& what) {
+  const size_t end = what.find_last_not_of(" \t\r\n");
+  if (end == std::string::npos) return "";
+  const size_t nl = what.rfind('\n', end);
+  const size_t start = nl == std::string::npos ? 0 : nl + 1;
+  return what.substr(start, end + 1 - start);
+}
+
 Status ModelError(const std::string& what) {
-  std::string msg = what.size() > 2000 ? what.substr(0, 2000) + "..." : what;
+  const std::string cause = CauseLine(what);
+  std::string msg = what.size() > 2000 ? what.substr(0, 2000) + "... " + cause : what;
+  // The input's fault only when the cause says so (not when the traceback's source code
+  // happens to mention a shape), and never for an exception the model raises itself.
+  const bool raised_by_model = what.find("Exception") != std::string::npos;
   static const char* kShapeHints[] = {"shape", "size mismatch", "must match the size", "cannot be multiplied",
                                       "dimension", "Expected", "expected", "out of range", "dtype", "scalar type"};
   for (const char* hint : kShapeHints) {
-    if (msg.find(hint) != std::string::npos && msg.find("Exception") == std::string::npos) {
+    if (!raised_by_model && cause.find(hint) != std::string::npos) {
       return InvalidArgument("model rejected the input: " + msg);
     }
   }

@@ -27,11 +27,15 @@ class BadInputTest(DaemonTestCase):
         cls.linear_path = torch_models.make(torch_models.LinearGelu, os.path.join(workdir, "linear.pt"), seed=21)
         torch_models.make(torch_models.ThrowsOnThreeRows, os.path.join(workdir, "boom.pt"))
         torch_models.make(torch_models.ThrowsOnMarker, os.path.join(workdir, "marker.pt"))
+        torch_models.make(torch_models.ZeroDivision, os.path.join(workdir, "zerodiv.pt"))
+        zerodiv = model_entry("zerodiv", "zerodiv.pt", [1, 8])
+        del zerodiv["warmup"]  # it fails on every input, so a warmup would fail its load
         return [
             model_entry("linear-gelu", "linear.pt", [1, 768], default=True, max_batch_size=4),
             model_entry("boom", "boom.pt", [1, 8]),
             # Waits for a second request to batch with (up to 5 s): two sent together merge.
             model_entry("marker", "marker.pt", [1, 8], max_batch_size=2, max_delay_us=5_000_000),
+            zerodiv,
         ]
 
     @classmethod
@@ -214,6 +218,12 @@ class BadInputTest(DaemonTestCase):
         requests_after, batches_after = device_counters()
         # Both requests went to the model in one batch: a merge was tried.
         self.assertEqual((requests_after - requests_before, batches_after - batches_before), (2, 1))
+
+    def test_model_failure_is_internal_even_when_its_code_mentions_shapes(self):
+        # The traceback quotes `x.reshape(x.shape)`; the cause is a division by zero.
+        x = f32([2, 8])
+        err = self.assertStatus(self.request(x.tobytes(), x.shape, model_id="zerodiv"), INTERNAL)
+        self.assertIn("ZeroDivisionError", err.details())
 
     def test_daemon_survived_and_counted_failures(self):
         before = self.stub.GetServiceInfo(compute_pb2.ServiceInfoRequest(), timeout=30)

@@ -65,6 +65,15 @@ class ThrowsOnMarker(nn.Module):
         return x * 2.0 + 1.0
 
 
+class ZeroDivision(nn.Module):
+    """Fails on every input with an error that is not the input's fault, from code that
+    mentions shapes (TorchScript's traceback shows that code before the error)."""
+
+    def forward(self, x):
+        d = (x.reshape(x.shape) * 0).to(torch.int64)
+        return (torch.ones_like(d) // d).to(torch.float32)
+
+
 class Identity(nn.Module):
     def forward(self, x):
         return x
