@@ -172,7 +172,6 @@ StatusOr<HostTensor> ToHost(at::Tensor t, std::optional<DType> asked, DType requ
   return h;
 }
 
-// Errors thrown by a model: shape complaints are the caller's fault, the rest is not.
 // An id the server hands out (session, training forward): a prefix and serial that read
 // well in logs, then 128 random bits, so that nobody can guess another client's id.
 std::string UnguessableId(const char* prefix, uint64_t serial) {
@@ -200,6 +199,7 @@ std::string CauseLine(const std::string& what) {
   return what.substr(start, end + 1 - start);
 }
 
+// Errors thrown by a model: shape complaints are the caller's fault, the rest is not.
 Status ModelError(const std::string& what) {
   const std::string cause = CauseLine(what);
   std::string msg = what.size() > 2000 ? what.substr(0, 2000) + "... " + cause : what;
