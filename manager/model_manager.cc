@@ -314,7 +314,16 @@ void ModelManager::StartLoad(Entry& e, const FileFingerprint& fingerprint, std::
   e.load_generation = generation;
   e.pending_fingerprint = fingerprint;
   ++pending_loads_;
-  loader_thread_->Post([this, config = e.config, generation, fingerprint, expected = std::move(expected_digest)] {
+  // A model training on the server with a checkpoint: the new version resumes from the
+  // checkpoint, so the serving version writes it first (on its worker, between its own
+  // jobs), and the new version starts from what was learnt up to its load.
+  std::shared_ptr<const Route> checkpoint_first;
+  if (e.serving && e.serving->config.training.enabled && !e.serving->config.training.checkpoint_path.empty() &&
+      e.config.training.enabled && e.config.training.checkpoint_path == e.serving->config.training.checkpoint_path) {
+    checkpoint_first = e.serving;
+  }
+  loader_thread_->Post([this, config = e.config, generation, fingerprint, expected = std::move(expected_digest),
+                        checkpoint_first = std::move(checkpoint_first)]() mutable {
     LoadOutcome out;
     out.fingerprint = fingerprint;
     if (shut_down_) {  // the loader is draining its queue at shutdown: load nothing
@@ -329,7 +338,29 @@ void ModelManager::StartLoad(Entry& e, const FileFingerprint& fingerprint, std::
       out.unchanged = true;
     } else {
       const auto t0 = SteadyClock::now();
-      out.loaded = loader_->Load(config);
+      Status saved;
+      if (checkpoint_first) {
+        const std::string path = config.training.checkpoint_path;
+        auto job = std::make_unique<Job>();
+        // Non-owning, as for warmup: `checkpoint_first` keeps the model alive until the
+        // job is done, so the worker never frees it.
+        job->model = ModelHandle(ModelHandle(), checkpoint_first->model.get());
+        job->custom = [path](const Model& m) -> StatusOr<InferenceResult> {
+          if (auto s = m.SaveCheckpoint(path); !s.ok()) return s;
+          return InferenceResult{};
+        };
+        saved = RunOnWorker(checkpoint_first->queue, std::move(job));
+        if (saved.code() == StatusCode::kFailedPrecondition) saved = Status::Ok();  // not trained here: nothing to carry
+        checkpoint_first.reset();
+      }
+      if (!saved.ok()) {
+        // Loading now would start the new version from an older state: keep the one
+        // that serves (and what it learnt), and say why.
+        out.loaded = Status(saved.code(), "the serving version's checkpoint, written before a new version loads, failed: " +
+                                              saved.message());
+      } else {
+        out.loaded = loader_->Load(config);
+      }
       if (out.loaded.ok() && !config.warmup.inputs.empty()) {
         Status warm = WarmOnWorker(config, *out.loaded.value());
         if (!warm.ok()) out.loaded = warm;  // the model is freed here, on the loader thread
@@ -346,8 +377,6 @@ Status ModelManager::WarmOnWorker(const ModelConfig& config, const Model& model)
     std::lock_guard<std::mutex> lock(mu_);
     queue = QueueFor(config.device);
   }
-  auto result = std::make_shared<std::promise<Status>>();
-  std::future<Status> finished = result->get_future();
   auto job = std::make_unique<Job>();
   // A non-owning handle: this thread owns the model and waits below until the worker
   // is done with it, so the model is never freed on the worker.
@@ -362,8 +391,15 @@ Status ModelManager::WarmOnWorker(const ModelConfig& config, const Model& model)
       return Internal("warmup of '" + m.id() + "' threw: " + e.what());
     }
   };
+  return RunOnWorker(queue, std::move(job));
+}
+
+Status ModelManager::RunOnWorker(const std::shared_ptr<DeviceQueue>& queue, std::unique_ptr<Job> job) {
+  auto result = std::make_shared<std::promise<Status>>();
+  std::future<Status> finished = result->get_future();
+  job->internal = true;
   job->done = [result](StatusOr<InferenceResult> r, const JobTiming&) { result->set_value(r.status()); };
-  // A full queue (the device busy serving) delays the warmup; it never skips it.
+  // A full queue (the device busy serving) delays the job; it never skips it.
   while (true) {
     Status s = queue->TryEnqueue(job);
     if (s.ok()) break;

@@ -204,6 +204,9 @@ class ModelManager {
   // Runs Model::Warmup on the worker of the model's device and waits for it (loader
   // thread): the worker that will serve the model is the one that gets warm.
   Status WarmOnWorker(const ModelConfig& config, const Model& model);
+  // On the loader thread: `job` (internal, custom) on `queue`, waiting while the queue is
+  // full; returns the job's status.
+  Status RunOnWorker(const std::shared_ptr<DeviceQueue>& queue, std::unique_ptr<Job> job);
   // Makes room on `device` for `incoming` (bytes) of model `id`, evicting where allowed.
   Status CheckLimitsLocked(const std::string& id, const std::string& device, int64_t incoming);
   void RetireLocked(Entry& e);  // serving version -> draining

@@ -28,6 +28,8 @@ struct FakeBehaviour {
   std::chrono::milliseconds delay{0};     // per forward
   bool fail_run = false;                   // Run() answers INTERNAL
   bool throw_run = false;                  // Run() throws (a broken Model)
+  bool trainable = false;                  // SaveCheckpoint() writes (records) instead of FAILED_PRECONDITION
+  bool fail_checkpoint = false;            // SaveCheckpoint() answers INTERNAL
   bool fail_load = false;                  // FakeLoader refuses to load
   bool fail_warmup = false;                // Warmup() answers INTERNAL
   std::chrono::milliseconds load_delay{0};
@@ -87,6 +89,30 @@ class FakeModel final : public Model {
     return Status::Ok();
   }
 
+  Status SaveCheckpoint(const std::string& path) const override {
+    if (!b_.trainable) return Model::SaveCheckpoint(path);
+    std::lock_guard<std::mutex> lock(mu_);
+    checkpoints_.push_back(Saved{path, std::this_thread::get_id(), ++Sequence()});
+    if (b_.fail_checkpoint) return Internal("fake checkpoint failure");
+    return Status::Ok();
+  }
+
+  // One counter for the order of events across fakes (checkpoints, loads).
+  static std::atomic<int64_t>& Sequence() {
+    static std::atomic<int64_t> n{0};
+    return n;
+  }
+
+  struct Saved {
+    std::string path;
+    std::thread::id thread;
+    int64_t sequence;
+  };
+  std::vector<Saved> checkpoints() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return checkpoints_;
+  }
+
   struct Warmed {
     std::thread::id thread;
     int max_batch_size;
@@ -134,6 +160,7 @@ class FakeModel final : public Model {
   mutable std::set<std::thread::id> threads_;
   mutable std::vector<int> batch_sizes_;
   mutable std::vector<Warmed> warmups_;
+  mutable std::vector<Saved> checkpoints_;
 };
 
 // Loads FakeModels; the behaviour is chosen by the model's path.
@@ -158,6 +185,7 @@ class FakeLoader final : public ModelLoader {
     auto model = std::make_shared<FakeModel>(config.id, config.device, b);
     std::lock_guard<std::mutex> lock(mu_);
     last_[config.id] = model;
+    last_load_sequence_[config.id] = ++FakeModel::Sequence();
     return std::shared_ptr<Model>(model);
   }
 
@@ -172,6 +200,12 @@ class FakeLoader final : public ModelLoader {
     std::lock_guard<std::mutex> lock(mu_);
     return loads_;
   }
+  // FakeModel::Sequence() when the last model for `id` was made (0: never).
+  int64_t last_load_sequence(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = last_load_sequence_.find(id);
+    return it == last_load_sequence_.end() ? 0 : it->second;
+  }
   std::set<std::thread::id> load_threads() {
     std::lock_guard<std::mutex> lock(mu_);
     return load_threads_;
@@ -181,6 +215,7 @@ class FakeLoader final : public ModelLoader {
   std::mutex mu_;
   std::map<std::string, FakeBehaviour> behaviours_;
   std::map<std::string, std::weak_ptr<FakeModel>> last_;
+  std::map<std::string, int64_t> last_load_sequence_;
   std::set<std::thread::id> load_threads_;
   int loads_ = 0;
 };

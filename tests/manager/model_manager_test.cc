@@ -438,6 +438,59 @@ TEST_CASE("Reload loads a new version even when nothing changed") {
   CHECK(manager.Reload("nope").code() == StatusCode::kNotFound);
 }
 
+TEST_CASE("a new version of a model training with a checkpoint loads after the serving one wrote it, on its worker") {
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour trainable;
+  trainable.trainable = true;
+  loader->Set("/fake/t.pt", trainable);
+  ModelManager manager(loader);
+  auto m = MakeModel("t");
+  m.training.enabled = true;
+  m.training.checkpoint_path = "/fake/t.ckpt";
+  manager.Apply(MakeConfig({m}));
+  REQUIRE(manager.WaitIdle(10s));
+  auto first = loader->Last("t");
+  REQUIRE(first);
+  CHECK(first->checkpoints().empty());  // nothing served before it: nothing to save
+  REQUIRE(Infer(manager, "t", 1.0f).ok());
+  const uint64_t v1 = StatusOfModel(manager, "t").version;
+
+  REQUIRE(manager.Reload("t").ok());
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(StatusOfModel(manager, "t").version > v1);
+  const auto saves = first->checkpoints();
+  REQUIRE(saves.size() == 1);
+  CHECK(saves[0].path == "/fake/t.ckpt");
+  CHECK(first->threads().count(saves[0].thread) == 1);  // the worker that ran its forwards
+  CHECK(saves[0].sequence < loader->last_load_sequence("t"));
+}
+
+TEST_CASE("if the serving version's checkpoint fails, the new version is not loaded and the old one keeps serving") {
+  auto loader = std::make_shared<FakeLoader>();
+  FakeBehaviour broken;
+  broken.trainable = true;
+  broken.fail_checkpoint = true;
+  loader->Set("/fake/t.pt", broken);
+  ModelManager manager(loader);
+  auto m = MakeModel("t");
+  m.training.enabled = true;
+  m.training.checkpoint_path = "/fake/t.ckpt";
+  manager.Apply(MakeConfig({m}));
+  REQUIRE(manager.WaitIdle(10s));
+  REQUIRE(Infer(manager, "t", 1.0f).ok());
+  const uint64_t v1 = StatusOfModel(manager, "t").version;
+  const int loads = loader->loads();
+
+  REQUIRE(manager.Reload("t").ok());
+  REQUIRE(manager.WaitIdle(10s));
+  const ModelStatus s = StatusOfModel(manager, "t");
+  CHECK(s.version == v1);
+  CHECK(s.state == ModelState::kReady);
+  CHECK_THAT(s.last_error, Catch::Contains("checkpoint") && Catch::Contains("fake checkpoint failure"));
+  CHECK(loader->loads() == loads);  // the new version was never loaded
+  CHECK(Infer(manager, "t", 1.0f).ok());
+}
+
 TEST_CASE("max_models refuses a load with a clear error") {
   auto loader = std::make_shared<FakeLoader>();
   ModelManager manager(loader);
