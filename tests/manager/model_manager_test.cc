@@ -438,17 +438,26 @@ TEST_CASE("Reload loads a new version even when nothing changed") {
   CHECK(manager.Reload("nope").code() == StatusCode::kNotFound);
 }
 
-TEST_CASE("a new version of a model training with a checkpoint loads after the serving one wrote it, on its worker") {
-  auto loader = std::make_shared<FakeLoader>();
-  FakeBehaviour trainable;
-  trainable.trainable = true;
-  loader->Set("/fake/t.pt", trainable);
-  ModelManager manager(loader);
+namespace {
+// Model "t", training on the server with a checkpoint, loaded from a fake whose
+// checkpoints are recorded (and fail when `fail_checkpoint`).
+void ServeTrainingModel(FakeLoader* loader, ModelManager* manager, bool fail_checkpoint) {
+  FakeBehaviour b;
+  b.trainable = true;
+  b.fail_checkpoint = fail_checkpoint;
+  loader->Set("/fake/t.pt", b);
   auto m = MakeModel("t");
   m.training.enabled = true;
   m.training.checkpoint_path = "/fake/t.ckpt";
-  manager.Apply(MakeConfig({m}));
-  REQUIRE(manager.WaitIdle(10s));
+  manager->Apply(MakeConfig({m}));
+  REQUIRE(manager->WaitIdle(10s));
+}
+}  // namespace
+
+TEST_CASE("a new version of a model training with a checkpoint loads after the serving one wrote it, on its worker") {
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  ServeTrainingModel(loader.get(), &manager, false);
   auto first = loader->Last("t");
   REQUIRE(first);
   CHECK(first->checkpoints().empty());  // nothing served before it: nothing to save
@@ -467,16 +476,8 @@ TEST_CASE("a new version of a model training with a checkpoint loads after the s
 
 TEST_CASE("if the serving version's checkpoint fails, the new version is not loaded and the old one keeps serving") {
   auto loader = std::make_shared<FakeLoader>();
-  FakeBehaviour broken;
-  broken.trainable = true;
-  broken.fail_checkpoint = true;
-  loader->Set("/fake/t.pt", broken);
   ModelManager manager(loader);
-  auto m = MakeModel("t");
-  m.training.enabled = true;
-  m.training.checkpoint_path = "/fake/t.ckpt";
-  manager.Apply(MakeConfig({m}));
-  REQUIRE(manager.WaitIdle(10s));
+  ServeTrainingModel(loader.get(), &manager, true);
   REQUIRE(Infer(manager, "t", 1.0f).ok());
   const uint64_t v1 = StatusOfModel(manager, "t").version;
   const int loads = loader->loads();
