@@ -17,8 +17,6 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
-#include <set>
-#include <string>
 
 #include "common/cpus.h"
 #include "config/config.h"
@@ -204,13 +202,8 @@ int Run(const Options& opt) {
   spdlog::info("splitlearnd {} starting: {}; threads intra-op {}, inter-op {}, BLAS {}", SPLITLEARND_VERSION,
                TorchBuildSummary(), threads.intra_op_threads, threads.inter_op_threads, threads.blas_threads);
 
-  // What the manager's hooks reach of the server, under server_mu: the server itself
-  // while it exists, the models now ready, and whether the daemon-wide health follows
-  // them (from the first READY on; before it the initial loads decide).
   Server* server_ptr = nullptr;
   std::mutex server_mu;
-  std::set<std::string> ready_models;
-  bool health_follows_models = false;
   // Before the manager: its hooks feed the metrics until it is gone.
   // Always kept (status shows its figures); served over HTTP only with metrics_listen.
   auto metrics = std::make_unique<Metrics>();
@@ -222,13 +215,7 @@ int Run(const Options& opt) {
                  m.last_error.empty() ? "" : ": " + m.last_error);
     if (metrics) metrics->OnModelState(m);
     std::lock_guard<std::mutex> lock(server_mu);
-    if (m.state == ModelState::kReady) ready_models.insert(m.id);
-    else ready_models.erase(m.id);
-    if (!server_ptr) return;
-    server_ptr->OnModelState(m);
-    // LoadModel, UnloadModel, ReloadModel and evictions change what serves too: the
-    // daemon-wide status ("" and the compute service) says whether any model does.
-    if (health_follows_models) server_ptr->SetReady(!ready_models.empty());
+    if (server_ptr) server_ptr->OnModelState(m);
   };
   hooks.on_version_released = [](const std::string& id, uint64_t version) {
     spdlog::info("model '{}' version {} unloaded: its last request finished and its memory is released", id, version);
@@ -350,10 +337,6 @@ int Run(const Options& opt) {
     if (!ready && manager.WaitIdle(std::chrono::milliseconds(0))) {
       ready = true;
       LogModelStates(manager);
-      {
-        std::lock_guard<std::mutex> lock(server_mu);
-        health_follows_models = true;
-      }
       server.SetReady(manager.ServingCount() > 0);
       std::string status = ConfigReloader::Summary(manager) + "; listening on " + server.bound_address();
       if (management) status += ", management on " + management->bound_address();
@@ -413,10 +396,6 @@ int Run(const Options& opt) {
                  server.compute().gate().inflight());
   }
   if (management) management->Shutdown();
-  {
-    std::lock_guard<std::mutex> lock(server_mu);
-    server_ptr = nullptr;
-  }
   server.Shutdown();
   manager.Shutdown();
   reloader.Stop();

@@ -69,20 +69,33 @@ Status Server::Start() {
   return Status::Ok();
 }
 
-void Server::SetHealth(const std::string& service, bool serving) {
-  std::lock_guard<std::mutex> lock(health_mu_);
+void Server::SetHealthLocked(const std::string& service, bool serving) {
   if (draining_) serving = false;
   pending_health_[service] = serving;
   if (server_) server_->GetHealthCheckService()->SetServingStatus(service, serving);
 }
 
+void Server::SetDaemonHealthLocked(bool serving) {
+  SetHealthLocked("", serving);
+  SetHealthLocked("splitlearn.comm.ComputeService", serving);
+}
+
 void Server::SetReady(bool ready) {
-  SetHealth("", ready);
-  SetHealth("splitlearn.comm.ComputeService", ready);
+  std::lock_guard<std::mutex> lock(health_mu_);
+  follow_models_ = true;
+  SetDaemonHealthLocked(ready);
 }
 
 void Server::OnModelState(const ModelStatus& status) {
-  SetHealth(ModelHealthName(status.id), status.state == ModelState::kReady);
+  std::lock_guard<std::mutex> lock(health_mu_);
+  SetHealthLocked(ModelHealthName(status.id), status.state == ModelState::kReady);
+  if (!follow_models_) return;
+  // After the first READY, LoadModel, UnloadModel, ReloadModel and evictions change the
+  // daemon-wide status too: serving while any model serves.
+  const std::string prefix = ModelHealthName("");
+  bool any = false;
+  for (const auto& [name, serving] : pending_health_) any = any || (serving && name.rfind(prefix, 0) == 0);
+  SetDaemonHealthLocked(any);
 }
 
 void Server::StopAdvertising() {

@@ -53,6 +53,8 @@ class Server {
   const std::string& bound_address() const { return bound_address_; }
   int bound_port() const { return bound_port_; }
 
+  // The daemon-wide status ("" and the compute service); from the first call on it also
+  // follows the models' states (serving while any model serves).
   void SetReady(bool ready);
   // Mirrors one model's state into grpc.health.v1 (any thread).
   void OnModelState(const ModelStatus& status);
@@ -67,7 +69,8 @@ class Server {
   ComputeServiceImpl& compute() { return compute_; }
 
  private:
-  void SetHealth(const std::string& service, bool serving);
+  void SetHealthLocked(const std::string& service, bool serving);
+  void SetDaemonHealthLocked(bool serving);
 
   ModelManager* manager_;
   ServerOptions options_;
@@ -79,6 +82,7 @@ class Server {
   std::mutex health_mu_;
   std::map<std::string, bool> pending_health_;  // set before the server exists
   bool draining_ = false;
+  bool follow_models_ = false;  // set by the first SetReady
 };
 
 }  // namespace splitlearnd

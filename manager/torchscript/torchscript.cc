@@ -30,6 +30,8 @@
 #include <sstream>
 #include <thread>
 
+#include "common/cpus.h"
+
 namespace splitlearnd {
 namespace {
 
@@ -42,20 +44,12 @@ std::atomic<int> g_intra{1};
 std::atomic<int> g_inter{1};
 std::atomic<int> g_blas{0};
 
-// How many CPUs the process was started on (systemd's CPUAffinity=, taskset, a cpuset),
-// not every CPU of the host: OpenBLAS's pool is sized to them when no count is set.
-// Counted when the library loads, before the daemon pins its main thread (server.cpus).
-int AllowedCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0) {
-    const int n = CPU_COUNT(&set);
-    if (n > 0) return n;
-  }
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+// The CPUs the process was started on (systemd's CPUAffinity=, taskset, a cpuset), not
+// every CPU of the host: OpenBLAS's pool is sized to them when no count is set.
+int HardwareThreads() {
+  const size_t n = AllowedCpus().size();
+  return n > 0 ? static_cast<int>(n) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
-const int kAllowedCpus = AllowedCpus();
-int HardwareThreads() { return kAllowedCpus; }
 
 // OpenBLAS sizes its own pool at load time; it can be resized through this symbol,
 // which libblas.so.3 exports when the OpenBLAS alternative is selected.
@@ -366,11 +360,10 @@ class TorchScriptModel final : public Model {
     std::vector<StatusOr<InferenceResult>> results;
     results.reserve(batch.size());
     if (batch.size() > 1) {
+      // Otherwise (not mergeable after all, a forward that failed, or outputs that do
+      // not split along dim 0) nothing was added: serve one by one, so that each request
+      // gets its own answer and one client's bad input never fails another's request.
       if (RunMerged(batch, &results)) return results;
-      // Not mergeable after all, a forward that failed, or outputs that do not split
-      // along dim 0: serve one by one, so that each request gets its own answer and
-      // one client's bad input never fails another's request.
-      results.clear();
     }
     for (const InferenceRequest* r : batch) results.push_back(RunOne(*r));
     return results;
