@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
   int warmup = 5;
   int64_t gap_us = 0;
   bool optimize = false;
+  bool prepack = false;
   splitlearnd::ThreadSettings threads;
   threads.intra_op_threads = 1;
   threads.blas_threads = 0;
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
                  "diagnostic: sleep this long before each timed forward, as a server idles between calls (forwards/s then counts the sleeps)")
       ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1000000}));
   app.add_flag("--optimize", optimize, "freeze and optimize the module first, as the daemon does for models[].optimize");
+  app.add_flag("--prepack-linear", prepack, "with --optimize: pack Linear weights at load, as models[].prepack_linear");
   app.add_option("--csv", csv, "append one row per batch size to this CSV file");
   app.add_option("--label", label, "free text for the CSV rows");
   CLI11_PARSE(app, argc, argv);
@@ -88,13 +90,14 @@ int main(int argc, char** argv) {
   try {
     module = torch::jit::load(model_path);
     module.eval();
-    if (optimize) module = splitlearnd::OptimizeForInference(module);
+    if (optimize) module = splitlearnd::OptimizeForInference(module, prepack);
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "inprocess: cannot load %s: %s\n", model_path.c_str(), e.what_without_backtrace());
     return 1;
   }
   std::printf("inprocess: %s%s, shape %s, threads intra-op %d, BLAS %d\n  %s\n", model_path.c_str(),
-              optimize ? " (optimized)" : "", shape_text.c_str(), eff.intra_op_threads, eff.blas_threads,
+              optimize ? (prepack ? " (optimized, Linear weights prepacked)" : " (optimized)") : "",
+              shape_text.c_str(), eff.intra_op_threads, eff.blas_threads,
               splitlearnd::TorchBuildSummary().c_str());
 
   bool fresh = true;

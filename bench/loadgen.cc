@@ -66,7 +66,8 @@ struct Options {
   // For inprocess: targets, as the daemon's config would set them.
   int blas_threads = 0;        // devices.cpu.blas_threads
   int model_blas_threads = 0;  // models[].blas_threads
-  bool optimize = false;       // models[].optimize
+  bool optimize = false;        // models[].optimize
+  bool prepack_linear = false;  // models[].prepack_linear
 };
 
 constexpr const char* kInProcess = "inprocess:";
@@ -385,6 +386,8 @@ int main(int argc, char** argv) {
                  "inprocess targets: the model's own OpenBLAS threads, as models[].blas_threads (0: the process's)")
       ->capture_default_str();
   app.add_flag("--optimize", opt.optimize, "inprocess targets: load as models[].optimize: true does");
+  app.add_flag("--prepack-linear", opt.prepack_linear,
+               "inprocess targets: with --optimize, pack Linear weights as models[].prepack_linear: true does");
   app.add_flag("--service-info", opt.service_info, "print GetServiceInfo as key=value lines and exit");
   app.add_flag("!--no-verify", opt.verify, "do not check that each answer has as many bytes as the request");
   CLI11_PARSE(app, argc, argv);
@@ -434,6 +437,7 @@ int main(int argc, char** argv) {
       config.path = e.target.substr(std::string(kInProcess).size());
       config.blas_threads = opt.model_blas_threads;
       config.optimize = opt.optimize;
+      config.prepack_linear = opt.prepack_linear;
       auto model = splitlearnd::MakeTorchScriptLoader()->Load(config);
       if (!model.ok()) {
         std::fprintf(stderr, "loadgen: %s\n", model.status().ToString().c_str());

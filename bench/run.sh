@@ -196,7 +196,7 @@ EOF
     local m first=true
     for m in "$@"; do
       local id path batch delay
-      IFS=: read -r id path batch delay blas <<<"$m"
+      IFS=: read -r id path batch delay blas prepack <<<"$m"
       echo "  - id: $id"
       echo "    path: $path.pt"
       $first && echo "    default: true"
@@ -205,14 +205,16 @@ EOF
       echo "    batching: {max_batch_size: $batch, max_delay_us: ${delay:-0}}"
       echo "    optimize: true"
       [[ -z "$blas" ]] || echo "    blas_threads: $blas"
+      [[ -z "$prepack" ]] || echo "    prepack_linear: true"
     done
   } >"$file"
 }
-# id:file:max_batch_size[:max_delay_us]
-# id:file:max_batch_size[:max_delay_us[:blas_threads]]. The tiny shard runs on one
-# OpenBLAS thread (models[].blas_threads), as docs/threading.md recommends for small
-# models; the thread-settings configs (t2-t4) leave every model on the device's setting.
-ALL_MODELS=(tiny:tiny:8:0:1 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
+# id:file:max_batch_size[:max_delay_us[:blas_threads[:prepack]]]. The tiny shard runs on
+# one OpenBLAS thread (models[].blas_threads), as docs/threading.md recommends for small
+# models, with its Linear weight prepacked (models[].prepack_linear: it serves a few rows
+# per forward); the thread-settings configs (t2-t4) leave every model on the device's
+# setting.
+ALL_MODELS=(tiny:tiny:8:0:1:prepack trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
 PLAIN_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
 # With CLIENT_CPUS, the main configs get a CPU layout: the daemon's own threads (gRPC,
 # loader, housekeeping) on the client's CPUs (server.cpus), the device worker and
@@ -385,7 +387,7 @@ half=$(awk -v d="$DURATION_S" 'BEGIN { printf "%g", d / 2 }')
 # in-process loop before and after for comparison.
 inprocess_one sbs-before tiny 1
 alternate "$alt_s" 1 "sbs-echo=$ECHO_ADDR" "sbs-splitlearnd=$SL_ADDR#tiny" "sbs-splitlearnd-identity=$SL_ADDR#identity" \
-  "sbs-inprocess=inprocess:$WORK/tiny.pt" --blas-threads="$NPROC" --model-blas-threads=1 --optimize
+  "sbs-inprocess=inprocess:$WORK/tiny.pt" --blas-threads="$NPROC" --model-blas-threads=1 --optimize --prepack-linear
 inprocess_one sbs-after tiny 1
 # Diagnostic: the same forward with a 250 µs sleep before each call, about the time a
 # server's worker waits for the network between two calls.

@@ -258,7 +258,7 @@ class Parser {
   ModelConfig ParseModel(const YAML::Node& node, size_t index) const {
     std::string k = "models[" + std::to_string(index) + "]";
     ExpectMap(node, k, {"id", "path", "device", "default", "sha256", "warmup", "batching", "timeout_ms", "blas_threads",
-                        "optimize", "compute_dtype", "sessions", "training"});
+                        "optimize", "prepack_linear", "compute_dtype", "sessions", "training"});
     ModelConfig m;
     if (!node["id"]) Fail(node, k, "missing 'id'");
     m.id = String(node["id"], k + ".id");
@@ -311,6 +311,8 @@ class Parser {
         m.blas_threads = static_cast<int>(Int(v, key, 0, 1024));
       } else if (field == "optimize") {
         m.optimize = Bool(v, key);
+      } else if (field == "prepack_linear") {
+        m.prepack_linear = Bool(v, key);
       } else if (field == "compute_dtype") {
         const auto name = String(v, key);
         m.compute_dtype = DTypeFromName(name);
@@ -355,6 +357,13 @@ class Parser {
     if (m.optimize && m.training.enabled) {
       Fail(node["optimize"], k + ".optimize",
            "freezes the parameters into constants, so it cannot be combined with training.enabled");
+    }
+    if (m.prepack_linear && !m.optimize) {
+      Fail(node["prepack_linear"], k + ".prepack_linear",
+           "rewrites the frozen graph's constant weights, so it needs optimize: true");
+    }
+    if (m.prepack_linear && m.device.rfind("cpu", 0) != 0) {
+      Fail(node["prepack_linear"], k + ".prepack_linear", "packs weights for a CPU kernel: only for a cpu device");
     }
     return m;
   }
@@ -444,7 +453,7 @@ bool ModelConfig::operator==(const ModelConfig& o) const {
          sha256 == o.sha256 && warmup.runs == o.warmup.runs &&
          batching.max_batch_size == o.batching.max_batch_size &&
          batching.max_delay_us == o.batching.max_delay_us && timeout_ms == o.timeout_ms &&
-         blas_threads == o.blas_threads && optimize == o.optimize &&
+         blas_threads == o.blas_threads && optimize == o.optimize && prepack_linear == o.prepack_linear &&
          compute_dtype == o.compute_dtype && sessions.max_sessions == o.sessions.max_sessions &&
          sessions.idle_timeout_s == o.sessions.idle_timeout_s && sessions.max_bytes == o.sessions.max_bytes &&
          training.enabled == o.training.enabled && training.optimizer == o.training.optimizer &&

@@ -120,6 +120,9 @@ struct ModelConfig {
   // Freeze the module and run TorchScript's inference optimizations at load (parameters
   // become constants: not with training).
   bool optimize = false;
+  // With optimize, on a cpu device: float32 Linear weights packed once at load for the
+  // adapter's own GEMM kernel (single-threaded; faster than BLAS at a few rows).
+  bool prepack_linear = false;
   std::optional<DType> compute_dtype;  // inputs are converted to it before forward()
   SessionConfig sessions;
   TrainingConfig training;

@@ -9,12 +9,21 @@ namespace splitlearnd {
 
 // Freezes `module` (parameters and attributes become constants; methods other than
 // forward are dropped) and runs TorchScript's inference passes on it: constant
-// folding, linear weights stored pre-transposed, conv/batch-norm folding. The result
-// computes the same function up to floating-point rounding. `module` must be in eval
-// mode.
-inline torch::jit::Module OptimizeForInference(const torch::jit::Module& module) {
-  torch::jit::Module frozen = torch::jit::freeze(module);
-  return torch::jit::optimize_for_inference(frozen);
-}
+// folding, linear weights stored pre-transposed, conv/batch-norm folding. With
+// `prepack_linear`, PrepackLinearWeights runs last, as models[].prepack_linear asks. The result computes the same
+// function up to floating-point rounding. `module` must be in eval mode.
+torch::jit::Module OptimizeForInference(const torch::jit::Module& module, bool prepack_linear);
+
+// True where PrepackLinearWeights can run (x86-64 with AVX2 and FMA).
+bool PrepackLinearSupported();
+
+// Replaces every aten::matmul(x, W) and aten::linear(x, W, b) in forward whose weight
+// is a float32 CPU constant matrix (and whose bias, if any, is a constant) by
+// splitlearnd::packed_linear(x, P, b, N): the weight packed once for packed_gemm's
+// kernel, so the per-call copy that OpenBLAS makes of it is gone; a constant bias
+// added to the product folds into the kernel. The kernel is single-threaded and wins
+// at a few rows per call (models[].prepack_linear, docs/configuration.md). Does
+// nothing where the CPU lacks AVX2/FMA. Returns the layers replaced.
+int PrepackLinearWeights(torch::jit::Module& module);
 
 }  // namespace splitlearnd

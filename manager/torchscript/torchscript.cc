@@ -971,7 +971,16 @@ class TorchScriptLoader final : public ModelLoader {
       module.eval();
       if (!module.find_method("forward")) return InvalidArgument(file + " has no forward() method");
       const int64_t parameter_bytes = ModuleBytes(module);
-      if (config.optimize) module = OptimizeForInference(module);
+      if (config.optimize) module = OptimizeForInference(module, /*prepack_linear=*/false);
+      if (config.prepack_linear) {
+        if (!PrepackLinearSupported()) {
+          spdlog::warn("model '{}': prepack_linear needs a CPU with AVX2 and FMA; this one runs BLAS as before",
+                       config.id);
+        } else {
+          spdlog::info("model '{}': {} linear layer(s) run on weights prepacked at load", config.id,
+                       PrepackLinearWeights(module));
+        }
+      }
       model = std::make_shared<TorchScriptModel>(config, std::move(module), *device, parameter_bytes);
       if (resume) {
         model->RestoreOptimizer(ckpt + ".optim");

@@ -70,6 +70,7 @@ models:
     path: m.pt
     device: "cuda:1"
     optimize: true
+  - {id: c, path: m.pt, optimize: true, prepack_linear: true}
 )");
   REQUIRE(c.ok());
   CHECK(c->server.drain_timeout_s == 2.5);
@@ -82,6 +83,8 @@ models:
   CHECK(c->models[1].blas_threads == 0);
   CHECK_FALSE(c->models[0].optimize);
   CHECK(c->models[1].optimize);
+  CHECK_FALSE(c->models[1].prepack_linear);
+  CHECK(c->models[2].prepack_linear);
   CHECK(c->models[1].device == "cuda:1");
   CHECK(c->DefaultModel()->id == "a");
 }
@@ -110,6 +113,17 @@ TEST_CASE("errors name file, line, column and key") {
     REQUIRE_FALSE(c.ok());
     CHECK_THAT(c.status().message(), Catch::Contains("test.yaml:4") && Catch::Contains("models.a.optimize") &&
                                          Catch::Contains("training"));
+  }
+  SECTION("prepack_linear without optimize") {
+    auto c = Parse(dir, "models:\n  - id: a\n    path: m.pt\n    prepack_linear: true\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("test.yaml:4") && Catch::Contains("models.a.prepack_linear") &&
+                                         Catch::Contains("optimize: true"));
+  }
+  SECTION("prepack_linear on a GPU") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: m.pt, device: \"cuda:0\", optimize: true, prepack_linear: true}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("models.a.prepack_linear") && Catch::Contains("cpu device"));
   }
   SECTION("duplicate id") {
     auto c = Parse(dir, "models:\n  - {id: a, path: m.pt}\n  - {id: a, path: m.pt}\n");

@@ -126,11 +126,14 @@ TEST_CASE("a merged batch gives the same numbers as one request at a time") {
 }
 
 TEST_CASE("an optimized model gives the numbers of the plain one, alone and merged, and keeps its parameter bytes") {
+  const bool prepack = GENERATE(false, true);
+  INFO("prepack_linear: " << prepack);
   TempDir dir;
   WriteTiny(dir, "tiny.pt", 16);
   auto plain = Load(ModelCfg("tiny", dir / "tiny.pt"));
   auto cfg = ModelCfg("tiny", dir / "tiny.pt");
   cfg.optimize = true;
+  cfg.prepack_linear = prepack;
   auto optimized = Load(cfg);
   CHECK(optimized->ParameterBytes() == plain->ParameterBytes());
   CHECK(optimized->ParameterBytes() >= 16 * 16 * 4);

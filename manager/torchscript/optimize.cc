@@ -1,0 +1,153 @@
+// models[].optimize: TorchScript's inference passes, and the packed-weight Linear
+// (the operator splitlearnd::packed_linear and the graph pass that puts it in).
+#include "manager/torchscript/optimize.h"
+
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "manager/torchscript/packed_gemm.h"
+
+namespace splitlearnd {
+namespace {
+
+at::Tensor PackedLinear(const at::Tensor& input, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                        int64_t out_features) {
+  const int64_t k = packed.size(1);
+  TORCH_CHECK(input.dim() >= 1, "packed_linear: a 0-dimensional input has no shape to multiply by a ", k, "x",
+              out_features, " weight");
+  TORCH_CHECK(input.size(-1) == k, "packed_linear: an input of shape ", input.sizes(), " cannot be multiplied by a ",
+              k, "x", out_features, " weight (its last dimension must be ", k, ")");
+  TORCH_CHECK(input.scalar_type() == at::kFloat, "packed_linear: expected a float32 input, got dtype ",
+              input.scalar_type());
+  TORCH_CHECK(input.device().is_cpu(), "packed_linear: expected a CPU input, got one on ", input.device());
+  const at::Tensor x = input.contiguous();
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_features;
+  at::Tensor y = at::empty(shape, x.options());
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < shape.size(); ++d) rows *= shape[d];
+  if (rows > 0 && out_features > 0) {
+    packed_gemm::Gemm(x.data_ptr<float>(), rows, k, packed.data_ptr<float>(), out_features,
+                      bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>());
+  }
+  return y;
+}
+
+TORCH_LIBRARY(splitlearnd, m) {
+  m.def("packed_linear(Tensor input, Tensor packed, Tensor? bias, int out_features) -> Tensor", &PackedLinear);
+}
+
+bool IsFloatCpuMatrix(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.dim() == 2 && t.device().is_cpu() && !t.requires_grad();
+}
+
+// optimize_for_inference turns linear(x, W, b) into add(matmul(x, Wt), b, 1). Where the
+// matmul's only use is that add and b is a float32 constant of N, the add becomes the
+// kernel's bias: one pass over the output and one allocation fewer.
+void FoldBiasAdd(torch::jit::Node* packed_node) {
+  const auto none = torch::jit::toIValue(packed_node->input(2));
+  if (!none || !none->isNone()) return;  // has its bias already
+  const int64_t n = torch::jit::toIValue(packed_node->input(3))->toInt();
+  const auto& uses = packed_node->output()->uses();
+  if (uses.size() != 1 || uses[0].offset != 0) return;
+  torch::jit::Node* add = uses[0].user;
+  if (add->kind() != c10::Symbol::fromQualString("aten::add") || add->inputs().size() != 3) return;
+  const auto b = torch::jit::toIValue(add->input(1));
+  const auto alpha = torch::jit::toIValue(add->input(2));
+  if (!b || !b->isTensor() || !alpha || !alpha->isInt() || alpha->toInt() != 1) return;
+  const at::Tensor t = b->toTensor();
+  if (t.scalar_type() != at::kFloat || t.dim() != 1 || t.size(0) != n || !t.device().is_cpu()) return;
+  torch::jit::WithInsertPoint guard(packed_node);
+  packed_node->replaceInput(2, packed_node->owningGraph()->insertConstant(t.contiguous().clone()));
+  add->output()->replaceAllUsesWith(packed_node->output());
+  add->destroy();
+}
+
+// Replaces one matmul/linear node, or returns false and leaves it.
+bool Rewrite(torch::jit::Graph& graph, torch::jit::Node* node) {
+  const bool linear = node->kind() == c10::Symbol::fromQualString("aten::linear");
+  if (!linear && node->kind() != c10::Symbol::fromQualString("aten::matmul")) return false;
+  const auto weight_value = torch::jit::toIValue(node->input(1));
+  if (!weight_value || !weight_value->isTensor()) return false;
+  const at::Tensor w = weight_value->toTensor();
+  if (!IsFloatCpuMatrix(w)) return false;
+  // matmul's weight is K x N; linear's is N x K (read transposed).
+  const int64_t k = linear ? w.size(1) : w.size(0);
+  const int64_t n = linear ? w.size(0) : w.size(1);
+  const int64_t stride_k = linear ? w.stride(1) : w.stride(0);
+  const int64_t stride_n = linear ? w.stride(0) : w.stride(1);
+  c10::optional<at::Tensor> bias;
+  if (linear) {
+    const auto b = torch::jit::toIValue(node->input(2));
+    if (!b) return false;  // a bias computed at run time
+    if (b->isTensor()) {
+      const at::Tensor t = b->toTensor();
+      if (t.scalar_type() != at::kFloat || t.dim() != 1 || t.size(0) != n || !t.device().is_cpu()) return false;
+      bias = t.contiguous().clone();
+    } else if (!b->isNone()) {
+      return false;
+    }
+  }
+  const int64_t panels = (n + packed_gemm::kPanelWidth - 1) / packed_gemm::kPanelWidth;
+  at::Tensor packed = at::empty({panels, k, packed_gemm::kPanelWidth}, at::kFloat);
+  packed_gemm::Pack(w.data_ptr<float>(), k, n, stride_k, stride_n, packed.data_ptr<float>());
+
+  torch::jit::WithInsertPoint guard(node);
+  torch::jit::Value* packed_v = graph.insertConstant(packed);
+  torch::jit::Value* bias_v = bias ? graph.insertConstant(*bias) : graph.insertConstant(c10::IValue());
+  torch::jit::Value* n_v = graph.insertConstant(n);
+  torch::jit::Node* replacement = graph.create(c10::Symbol::fromQualString("splitlearnd::packed_linear"),
+                                               {node->input(0), packed_v, bias_v, n_v}, 1);
+  replacement->insertBefore(node);
+  replacement->output()->setType(node->output()->type());
+  node->output()->replaceAllUsesWith(replacement->output());
+  node->destroy();
+  return true;
+}
+
+void CollectPacked(torch::jit::Block* block, std::vector<torch::jit::Node*>& out) {
+  for (torch::jit::Node* node : block->nodes()) {
+    for (torch::jit::Block* sub : node->blocks()) CollectPacked(sub, out);
+    if (node->kind() == c10::Symbol::fromQualString("splitlearnd::packed_linear")) out.push_back(node);
+  }
+}
+
+void RewriteBlock(torch::jit::Graph& graph, torch::jit::Block* block, int& rewritten) {
+  for (auto it = block->nodes().begin(); it != block->nodes().end();) {
+    torch::jit::Node* node = *it;
+    ++it;  // before Rewrite destroys the node
+    for (torch::jit::Block* sub : node->blocks()) RewriteBlock(graph, sub, rewritten);
+    if (Rewrite(graph, node)) ++rewritten;
+  }
+}
+
+}  // namespace
+
+bool PrepackLinearSupported() { return packed_gemm::Supported(); }
+
+int PrepackLinearWeights(torch::jit::Module& module) {
+  if (!packed_gemm::Supported()) return 0;
+  auto method = module.find_method("forward");
+  if (!method) return 0;
+  std::shared_ptr<torch::jit::Graph> graph = method->graph();
+  int rewritten = 0;
+  RewriteBlock(*graph, graph->block(), rewritten);
+  std::vector<torch::jit::Node*> packed;  // collected first: folding destroys add nodes
+  CollectPacked(graph->block(), packed);
+  for (torch::jit::Node* node : packed) FoldBiasAdd(node);
+  if (rewritten > 0) torch::jit::EliminateDeadCode(graph);  // the unpacked weights
+  return rewritten;
+}
+
+torch::jit::Module OptimizeForInference(const torch::jit::Module& module, bool prepack_linear) {
+  torch::jit::Module frozen = torch::jit::freeze(module);
+  torch::jit::Module optimized = torch::jit::optimize_for_inference(frozen);
+  if (prepack_linear) PrepackLinearWeights(optimized);
+  return optimized;
+}
+
+}  // namespace splitlearnd

@@ -1,0 +1,34 @@
+// A single-threaded float32 GEMM against a weight packed once, at load, for the CPU
+// it runs on. libtorch-free: the adapter's packing pass (optimize.cc) is its only user.
+//
+// Why: OpenBLAS copies ("packs") the whole weight into its kernel's layout on every
+// call. At the row counts a serving batch has (a few requests of a few rows each)
+// that copy is a large share of a Linear layer's time: 768x768 at 40 rows, 16 % of a
+// device worker's samples. Packing once at load removes it; the kernel below is the
+// usual register-blocked AVX2/FMA one, blocked for L1 over K and for L2 over M.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace splitlearnd::packed_gemm {
+
+// Output columns per packed panel (two 8-float AVX registers).
+inline constexpr int64_t kPanelWidth = 16;
+
+// True where this CPU can run Gemm (x86-64 with AVX2 and FMA).
+bool Supported();
+
+// Floats that Pack writes for a K x N weight: N rounded up to whole panels, times K.
+std::size_t PackedFloats(int64_t k, int64_t n);
+
+// Packs the K x N matrix B, element (k, n) at b[k * stride_k + n * stride_n], into
+// panels of kPanelWidth columns, each K rows long; columns past N are zero.
+// `out` holds PackedFloats(k, n) floats, 32-byte aligned.
+void Pack(const float* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride_n, float* out);
+
+// y (M x N, row-major, leading dimension N) = x (M x K, row-major) * B + bias, with
+// B packed by Pack and bias (N floats) optional. Requires Supported().
+void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y);
+
+}  // namespace splitlearnd::packed_gemm
