@@ -369,7 +369,7 @@ def main():
     w("")
     w("- **splitlearnd**: the daemon (Release build), one CPU device queue; `tiny` and `trunk` with batching on "
       "(`max_batch_size: 8`, `max_delay_us: 0`), `trunk-nobatch` (the same file, `max_batch_size: 1`), `trunk-wait` "
-      "(the same file, `max_batch_size: 8`, `max_delay_us: 5000`), `identity`. Process thread settings intra-op 1, BLAS = cores (the defaults); `tiny` runs its forwards on one OpenBLAS thread (`models[].blas_threads: 1`, see docs/threading.md). Every model has `optimize: true` (frozen, TorchScript's inference passes)."
+      "(the same file, `max_batch_size: 8`, `max_delay_us: 5000`), `identity`. Process thread settings intra-op 1, BLAS = cores (the defaults); `tiny` runs its forwards on one thread (`models[].blas_threads: 1`, see docs/threading.md) with its Linear weight packed at load for the daemon's own kernel (`models[].prepack_linear: true`, see docs/configuration.md). Every model has `optimize: true` (frozen, TorchScript's inference passes)."
       + (f" CPU layout: `server.cpus: \"{cc}\"` (gRPC's threads, the loader and housekeeping on the load generator's CPU), "
          f"`devices.cpu.cpus: \"0-{n - 1}\"` (the device worker and OpenBLAS's helpers on any CPU), so that the scheduler "
          "keeps the worker off the CPU where the network work runs (docs/threading.md)." if cc else ""))

@@ -372,10 +372,14 @@ alternate() {
   record "${cmd[*]}"
   timeout $(( ${secs%.*} + 180 )) "${cmd[@]}" | sed 's/^/    /' || log "loadgen reported errors (see the CSV)"
 }
-inprocess_one() {  # inprocess_one LABEL MODEL BATCH [ARGS]: one in-process point, default threads
+# inprocess_one LABEL MODEL BATCH [ARGS]: one in-process point with t1's settings for the
+# model: tiny on one thread with its Linear weight prepacked, the others on BLAS = cores.
+inprocess_one() {
   local label="$1" model="$2" batch="$3"; shift 3
+  local threads=(--blas-threads "$NPROC")
+  [[ "$model" != tiny ]] || threads=(--blas-threads 1 --prepack-linear)
   local cmd=("$INPROC" --model "$WORK/$model.pt" --shape 1x10x768 --batch "$batch" --duration-s "$INPROC_S"
-             --intra-op-threads 1 --blas-threads "$NPROC" --optimize --csv "$INPROC_CSV" --label "$label" "$@")
+             --intra-op-threads 1 "${threads[@]}" --optimize --csv "$INPROC_CSV" --label "$label" "$@")
   record "${cmd[*]}"
   timeout 300 "${cmd[@]}" | sed 's/^/    /'
 }
