@@ -66,7 +66,7 @@ bool SameLoad(const ModelConfig& a, const ModelConfig& b) {
       a.training.enabled != b.training.enabled || a.training.optimizer != b.training.optimizer ||
       a.training.learning_rate != b.training.learning_rate || a.training.momentum != b.training.momentum ||
       a.training.checkpoint_path != b.training.checkpoint_path || a.blas_threads != b.blas_threads ||
-      a.optimize != b.optimize) {
+      a.optimize != b.optimize || a.prepack_linear != b.prepack_linear) {
     return false;
   }
   for (size_t i = 0; i < a.warmup.inputs.size(); ++i) {

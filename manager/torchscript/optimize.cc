@@ -7,6 +7,7 @@
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "manager/torchscript/packed_gemm.h"
@@ -14,8 +15,28 @@
 namespace splitlearnd {
 namespace {
 
+// The operator is registered for the whole process, so a TorchScript file could call
+// it with arguments the packing pass never makes: it checks them all before the kernel
+// reads anything.
+void CheckPacked(const at::Tensor& packed, const c10::optional<at::Tensor>& bias, int64_t out_features) {
+  TORCH_CHECK(packed_gemm::Supported(), "packed_linear: this CPU has no AVX2/FMA");
+  TORCH_CHECK(out_features >= 0, "packed_linear: out_features must not be negative");
+  TORCH_CHECK(packed.scalar_type() == at::kFloat && packed.device().is_cpu() && packed.layout() == at::kStrided &&
+                  packed.dim() == 3 && packed.size(2) == packed_gemm::kPanelWidth &&
+                  packed.size(0) == (out_features + packed_gemm::kPanelWidth - 1) / packed_gemm::kPanelWidth &&
+                  packed.is_contiguous() && reinterpret_cast<uintptr_t>(packed.data_ptr()) % 32 == 0,
+              "packed_linear: the packed weight is not one that prepack_linear made for ", out_features,
+              " output features");
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->device().is_cpu() && bias->layout() == at::kStrided &&
+                    bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous(),
+                "packed_linear: the bias must be a contiguous float32 CPU vector of ", out_features);
+  }
+}
+
 at::Tensor PackedLinear(const at::Tensor& input, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                         int64_t out_features) {
+  CheckPacked(packed, bias, out_features);
   const int64_t k = packed.size(1);
   TORCH_CHECK(input.dim() >= 1, "packed_linear: a 0-dimensional input has no shape to multiply by a ", k, "x",
               out_features, " weight");
@@ -23,7 +44,8 @@ at::Tensor PackedLinear(const at::Tensor& input, const at::Tensor& packed, const
               k, "x", out_features, " weight (its last dimension must be ", k, ")");
   TORCH_CHECK(input.scalar_type() == at::kFloat, "packed_linear: expected a float32 input, got dtype ",
               input.scalar_type());
-  TORCH_CHECK(input.device().is_cpu(), "packed_linear: expected a CPU input, got one on ", input.device());
+  TORCH_CHECK(input.device().is_cpu() && input.layout() == at::kStrided,
+              "packed_linear: expected a dense CPU input, got one on ", input.device());
   const at::Tensor x = input.contiguous();
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_features;
@@ -42,7 +64,8 @@ TORCH_LIBRARY(splitlearnd, m) {
 }
 
 bool IsFloatCpuMatrix(const at::Tensor& t) {
-  return t.scalar_type() == at::kFloat && t.dim() == 2 && t.device().is_cpu() && !t.requires_grad();
+  return t.scalar_type() == at::kFloat && t.layout() == at::kStrided && t.dim() == 2 && t.device().is_cpu() &&
+         !t.requires_grad();
 }
 
 // optimize_for_inference turns linear(x, W, b) into add(matmul(x, Wt), b, 1). Where the
@@ -60,7 +83,10 @@ void FoldBiasAdd(torch::jit::Node* packed_node) {
   const auto alpha = torch::jit::toIValue(add->input(2));
   if (!b || !b->isTensor() || !alpha || !alpha->isInt() || alpha->toInt() != 1) return;
   const at::Tensor t = b->toTensor();
-  if (t.scalar_type() != at::kFloat || t.dim() != 1 || t.size(0) != n || !t.device().is_cpu()) return;
+  if (t.scalar_type() != at::kFloat || t.layout() != at::kStrided || t.dim() != 1 || t.size(0) != n ||
+      !t.device().is_cpu()) {
+    return;
+  }
   torch::jit::WithInsertPoint guard(packed_node);
   packed_node->replaceInput(2, packed_node->owningGraph()->insertConstant(t.contiguous().clone()));
   add->output()->replaceAllUsesWith(packed_node->output());
@@ -71,6 +97,8 @@ void FoldBiasAdd(torch::jit::Node* packed_node) {
 bool Rewrite(torch::jit::Graph& graph, torch::jit::Node* node) {
   const bool linear = node->kind() == c10::Symbol::fromQualString("aten::linear");
   if (!linear && node->kind() != c10::Symbol::fromQualString("aten::matmul")) return false;
+  // Only the functional forms: matmul(x, W) and linear(x, W, b), not the out= overloads.
+  if (node->inputs().size() != (linear ? 3u : 2u) || node->outputs().size() != 1) return false;
   const auto weight_value = torch::jit::toIValue(node->input(1));
   if (!weight_value || !weight_value->isTensor()) return false;
   const at::Tensor w = weight_value->toTensor();
@@ -86,7 +114,10 @@ bool Rewrite(torch::jit::Graph& graph, torch::jit::Node* node) {
     if (!b) return false;  // a bias computed at run time
     if (b->isTensor()) {
       const at::Tensor t = b->toTensor();
-      if (t.scalar_type() != at::kFloat || t.dim() != 1 || t.size(0) != n || !t.device().is_cpu()) return false;
+      if (t.scalar_type() != at::kFloat || t.layout() != at::kStrided || t.dim() != 1 || t.size(0) != n ||
+          !t.device().is_cpu()) {
+        return false;
+      }
       bias = t.contiguous().clone();
     } else if (!b->isNone()) {
       return false;

@@ -161,6 +161,28 @@ TEST_CASE("reload: added / changed / in place / unchanged / removed models") {
   CHECK(loader->loads() == loads_after);
 }
 
+TEST_CASE("a setting the loader reads (optimize, prepack_linear, blas_threads) loads a new version") {
+  const std::string which = GENERATE("optimize", "prepack_linear", "blas_threads");
+  INFO(which);
+  auto loader = std::make_shared<FakeLoader>();
+  ModelManager manager(loader);
+  auto m = MakeModel("a");
+  m.optimize = true;
+  manager.Apply(MakeConfig({m}));
+  REQUIRE(manager.WaitIdle(10s));
+  const uint64_t version = StatusOfModel(manager, "a").version;
+  const int loads = loader->loads();
+  if (which == "optimize") m.optimize = false;
+  if (which == "prepack_linear") m.prepack_linear = true;
+  if (which == "blas_threads") m.blas_threads = 1;
+  const ApplyResult r = manager.Apply(MakeConfig({m}));
+  CHECK(r.changed == std::vector<std::string>{"a"});
+  CHECK(r.updated.empty());
+  REQUIRE(manager.WaitIdle(10s));
+  CHECK(loader->loads() == loads + 1);
+  CHECK(StatusOfModel(manager, "a").version > version);
+}
+
 TEST_CASE("a failed load keeps the old version serving and a new model that fails is FAILED") {
   auto loader = std::make_shared<FakeLoader>();
   FakeBehaviour broken;

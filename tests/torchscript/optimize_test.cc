@@ -115,6 +115,16 @@ TEST_CASE("prepack_linear leaves what it cannot pack, and the numbers stay those
     const at::Tensor x = torch::randn({5, 32});
     CheckSame(Forward(packed, x), Forward(plain, x));
   }
+  SECTION("aten::linear itself, in a frozen module that optimize_for_inference has not rewritten") {
+    if (!PrepackLinearSupported()) return;
+    auto plain = Define({24, 32}, 24, "def forward(self, x):\n    return torch.linear(x, self.w, self.b)\n");
+    torch::jit::Module frozen = torch::jit::freeze(plain);
+    REQUIRE(CountKind(frozen, "aten::linear") == 1);
+    CHECK(splitlearnd::PrepackLinearWeights(frozen) == 1);
+    CHECK(CountKind(frozen, "aten::linear") == 0);
+    const at::Tensor x = torch::randn({7, 32});
+    CheckSame(Forward(frozen, x), Forward(plain, x));
+  }
   SECTION("without prepack_linear the graph has no packed layer") {
     auto plain = Define({32, 24}, 24, "def forward(self, x):\n    return torch.matmul(x, self.w) + self.b\n");
     auto optimized = OptimizeForInference(plain, false);
@@ -134,4 +144,29 @@ TEST_CASE("a packed Linear refuses a wrong input with the words the daemon reads
                                                                 Catch::Contains("shape"));
   CHECK_THROWS_WITH(Forward(packed, torch::randn({5, 32}, at::kDouble)), Catch::Contains("expected a float32"));
   CHECK_THROWS_WITH(Forward(packed, torch::tensor(1.0f)), Catch::Contains("shape"));
+}
+
+TEST_CASE("packed_linear called with arguments the pass never makes (as a model's own code could) is refused, not run") {
+  if (!PrepackLinearSupported()) {
+    WARN("this CPU has no AVX2/FMA: the operator refuses every call");
+    return;
+  }
+  // Through the dispatcher, where a TorchScript call of the operator lands.
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("splitlearnd::packed_linear", "")
+                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t)>();
+  const at::Tensor x = torch::randn({2, 32});
+  auto call = [&](const at::Tensor& packed, int64_t n) {
+    c10::InferenceMode guard;
+    return op.call(x, packed, c10::nullopt, n);
+  };
+  // A panel count that does not cover n would have the kernel read past the buffer.
+  CHECK_THROWS_WITH(call(torch::zeros({1, 32, 16}), 1 << 20), Catch::Contains("not one that prepack_linear made"));
+  CHECK_THROWS_WITH(call(torch::zeros({1, 32, 8}), 8), Catch::Contains("not one that prepack_linear made"));
+  CHECK_THROWS_WITH(call(torch::zeros({32 * 16 + 1}).narrow(0, 1, 32 * 16).view({1, 32, 16}), 16),
+                    Catch::Contains("not one that prepack_linear made"));  // not 32-byte aligned
+  CHECK_THROWS_WITH(call(torch::zeros({1, 32, 16}, at::kDouble), 16), Catch::Contains("not one that prepack_linear made"));
+  CHECK_THROWS_WITH(call(torch::zeros({1, 32, 16}), -1), Catch::Contains("out_features"));
+  // What the pass makes runs.
+  CHECK(call(torch::zeros({1, 32, 16}), 16).sizes() == at::IntArrayRef({2, 16}));
 }
