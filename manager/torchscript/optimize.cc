@@ -63,6 +63,12 @@ TORCH_LIBRARY(splitlearnd, m) {
   m.def("packed_linear(Tensor input, Tensor packed, Tensor? bias, int out_features) -> Tensor", &PackedLinear);
 }
 
+// A bias the kernel can take: a dense float32 CPU vector of N values.
+bool IsFloatCpuVector(const at::Tensor& t, int64_t n) {
+  return t.scalar_type() == at::kFloat && t.layout() == at::kStrided && t.dim() == 1 && t.size(0) == n &&
+         t.device().is_cpu();
+}
+
 bool IsFloatCpuMatrix(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && t.layout() == at::kStrided && t.dim() == 2 && t.device().is_cpu() &&
          !t.requires_grad();
@@ -83,10 +89,7 @@ void FoldBiasAdd(torch::jit::Node* packed_node) {
   const auto alpha = torch::jit::toIValue(add->input(2));
   if (!b || !b->isTensor() || !alpha || !alpha->isInt() || alpha->toInt() != 1) return;
   const at::Tensor t = b->toTensor();
-  if (t.scalar_type() != at::kFloat || t.layout() != at::kStrided || t.dim() != 1 || t.size(0) != n ||
-      !t.device().is_cpu()) {
-    return;
-  }
+  if (!IsFloatCpuVector(t, n)) return;
   torch::jit::WithInsertPoint guard(packed_node);
   packed_node->replaceInput(2, packed_node->owningGraph()->insertConstant(t.contiguous().clone()));
   add->output()->replaceAllUsesWith(packed_node->output());
@@ -114,10 +117,7 @@ bool Rewrite(torch::jit::Graph& graph, torch::jit::Node* node) {
     if (!b) return false;  // a bias computed at run time
     if (b->isTensor()) {
       const at::Tensor t = b->toTensor();
-      if (t.scalar_type() != at::kFloat || t.layout() != at::kStrided || t.dim() != 1 || t.size(0) != n ||
-          !t.device().is_cpu()) {
-        return false;
-      }
+      if (!IsFloatCpuVector(t, n)) return false;
       bias = t.contiguous().clone();
     } else if (!b->isNone()) {
       return false;
