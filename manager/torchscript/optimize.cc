@@ -124,6 +124,8 @@ bool Rewrite(torch::jit::Graph& graph, torch::jit::Node* node) {
     }
   }
   const int64_t panels = (n + packed_gemm::kPanelWidth - 1) / packed_gemm::kPanelWidth;
+  // Shaped (panels, K, 16) for the operator's size checks; the floats inside are in
+  // Pack's order (by K slice, then panel).
   at::Tensor packed = at::empty({panels, k, packed_gemm::kPanelWidth}, at::kFloat);
   packed_gemm::Pack(w.data_ptr<float>(), k, n, stride_k, stride_n, packed.data_ptr<float>());
 

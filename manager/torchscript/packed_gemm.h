@@ -23,7 +23,9 @@ bool Supported();
 std::size_t PackedFloats(int64_t k, int64_t n);
 
 // Packs the K x N matrix B, element (k, n) at b[k * stride_k + n * stride_n], into
-// panels of kPanelWidth columns, each K rows long; columns past N are zero.
+// panels of kPanelWidth columns (columns past N are zero), stored in the order Gemm
+// reads them: K is cut into slices of up to 256 rows; each slice holds every panel's
+// rows of that slice, panel after panel, so one call streams the weight front to back.
 // `out` holds PackedFloats(k, n) floats, 32-byte aligned.
 void Pack(const float* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride_n, float* out);
 
