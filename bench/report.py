@@ -384,7 +384,8 @@ def main():
       "settings left as torch sets them, as the replaced server ran; **reference, tuned** is the same server with "
       "`torch.set_num_threads(1)`, what a user who knew about the two thread pools could get from it. The "
       "checks are judged against the first; the ratio against the second is given beside each.")
-    w("- **load** (`bench/loadgen`): closed loop, N calls in flight on one channel, gRPC callback client API; "
+    w("- **load** (`bench/loadgen`): closed loop, N calls in flight on one channel, gRPC callback client API "
+      "(generic stub, the request serialized once, `grpc.minimal_stack` channel); "
       f"{a.warmup_s:g} s warmup then {a.duration_s:g} s measured per point; the client shares the 2 cores with the "
       "server. Requests are legacy `ComputeRequest`s (float32 `data` + `shape`)."
       + (f" The load generator runs on CPU {cc} only (`taskset -c {cc}`), against every server alike: it stands in "
@@ -409,7 +410,7 @@ def main():
       "same way before they sleep. A `perf record` of the daemon under the tiny load (taken while writing this "
       "benchmark, not part of the script) put about 45 % of its CPU samples in `sched_yield` and the "
       "scheduler. The *Thread settings* section measures the alternatives.")
-    w("- `loadgen` itself costs CPU on the same 2 cores (about 150–300 µs of CPU per call here, mostly in "
+    w("- `loadgen` itself costs CPU on the same 2 cores (about 120–300 µs of CPU per call here, mostly in "
       "gRPC and the kernel), as any client on the same machine would.")
     w("")
     w("## Machine")
