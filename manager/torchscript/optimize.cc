@@ -7,13 +7,35 @@
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "manager/torchscript/packed_gemm.h"
 
 namespace splitlearnd {
 namespace {
+
+// A packed weight is read front to back on every call, and at serving sizes it is
+// bigger than L2 (768 x 768: 2.3 MiB); on 4 KiB pages each call also walks hundreds
+// of page-table entries, which costs most under a hypervisor. The buffer is therefore
+// 2 MiB-aligned and offered to the kernel for transparent huge pages (where THP is
+// "madvise" or "always"; elsewhere the advice is ignored and the pages stay small).
+at::Tensor AllocatePacked(at::IntArrayRef shape) {
+  constexpr size_t kHuge = 2u << 20;
+  size_t bytes = sizeof(float);
+  for (int64_t d : shape) bytes *= static_cast<size_t>(d);
+  if (bytes < kHuge) return at::empty(shape, at::kFloat);
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, rounded);
+  TORCH_CHECK(p != nullptr, "packed_linear: cannot allocate ", rounded, " bytes for a packed weight");
+#ifdef MADV_HUGEPAGE
+  madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  return at::from_blob(p, shape, [](void* q) { std::free(q); }, at::TensorOptions().dtype(at::kFloat));
+}
 
 // The operator is registered for the whole process, so a TorchScript file could call
 // it with arguments the packing pass never makes: it checks them all before the kernel
@@ -126,7 +148,7 @@ bool Rewrite(torch::jit::Graph& graph, torch::jit::Node* node) {
   const int64_t panels = (n + packed_gemm::kPanelWidth - 1) / packed_gemm::kPanelWidth;
   // Shaped (panels, K, 16) for the operator's size checks; the floats inside are in
   // Pack's order (by K slice, then panel).
-  at::Tensor packed = at::empty({panels, k, packed_gemm::kPanelWidth}, at::kFloat);
+  at::Tensor packed = AllocatePacked({panels, k, packed_gemm::kPanelWidth});
   packed_gemm::Pack(w.data_ptr<float>(), k, n, stride_k, stride_n, packed.data_ptr<float>());
 
   torch::jit::WithInsertPoint guard(node);

@@ -93,6 +93,18 @@ TEST_CASE("a packed Linear computes what BLAS does, for every row, column and de
   CheckSame(Forward(packed, empty), Forward(plain, empty));
 }
 
+TEST_CASE("a packed weight of 2 MiB or more (kept in a huge-page buffer) computes what BLAS does") {
+  torch::manual_seed(768);
+  torch::jit::Module plain = Define({768, 768}, 768, "def forward(self, x):\n    return torch.linear(x, self.w, self.b)\n");
+  torch::jit::Module packed = OptimizeForInference(plain, /*prepack_linear=*/true);
+  CHECK(CountPacked(packed) == (PrepackLinearSupported() ? 1 : 0));
+  for (int64_t rows : {1, 10, 40}) {
+    INFO(rows << " rows");
+    const at::Tensor x = torch::randn({rows, 768});
+    CheckSame(Forward(packed, x), Forward(plain, x));
+  }
+}
+
 TEST_CASE("prepack_linear leaves what it cannot pack, and the numbers stay those of the plain module") {
   SECTION("a bias computed at run time") {
     auto plain = Define({24, 32}, 24, "def forward(self, x):\n    return torch.linear(x, self.w, self.b * x.mean())\n");
