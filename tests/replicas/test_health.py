@@ -65,8 +65,11 @@ class HealthTest(unittest.TestCase):
         replica_models.write(replica_models.SlowToWarm, os.path.join(self.workdir, "slow.pt"))
         models = [
             model_entry("tiny", "tiny.pt", [1, replica_models.HIDDEN]),
-            # Several heavy warm-up runs: the model stays NOT_SERVING for a while.
-            model_entry("slow", "slow.pt", [384, 384], warmup_runs=8),
+            # Many heavy warm-up runs (about 160 GFLOP in all, seconds on a 2-core
+            # machine): the model stays NOT_SERVING well past the moment the Watch
+            # streams connect. With a few runs a fast machine was warm before they
+            # connected, and the first status they saw was already SERVING.
+            model_entry("slow", "slow.pt", [384, 384], warmup_runs=120),
         ]
         # A long grace so that a call sent after NOT_SERVING surely lands inside it.
         self.replica = Replica("health", self.workdir, free_ports(1)[0], models, drain_grace_s=5)
