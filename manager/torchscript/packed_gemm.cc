@@ -51,16 +51,31 @@ bool Supported() {
   return ok;
 }
 
+bool Supported(Isa isa) {
+  if (isa == Isa::kAvx512) {
+    static const bool ok = __builtin_cpu_supports("avx512f");
+    return ok;
+  }
+  return Supported();
+}
+
+Isa BestIsa() {
+  static const Isa best = Supported(Isa::kAvx512) ? Isa::kAvx512 : Isa::kAvx2;
+  return best;
+}
+
 namespace {
 
 // Blocking: 96 rows of x per K slice (96 KiB) stay in L2 while every panel passes
 // over them.
-constexpr int64_t kRowsPerTile = 6;  // 6 x 16 outputs: 12 accumulators of 16 registers
 constexpr int64_t kBlockM = 96;
 
 // How a tile's accumulators start: from zero, from the bias, or from what y holds
 // (every K slice after the first).
 enum class Start { kZero, kBias, kAccumulate };
+
+// ---- AVX2: a tile is up to 6 rows x one panel (two 8-float registers per row).
+constexpr int64_t kRowsPerTile = 6;  // 12 accumulators of 16 registers
 
 // Rows x 16 outputs at y (leading dimension ldy) over one K slice of `depth`. With
 // Fetch, it also asks for the panel that follows this one in memory (the next one the
@@ -127,21 +142,132 @@ __attribute__((target("avx2,fma"))) void RowsFrom(const float* x, int64_t rows, 
   }
 }
 
-void Rows(const float* x, int64_t rows, int64_t ldx, const float* panel, int64_t depth, float* y, int64_t ldy,
-          Start start, const float* bias) {
+// ---- AVX-512: a tile is up to 12 rows x two neighbouring panels (one 16-float
+// register per row and panel), so each broadcast of x feeds two FMAs, as on AVX2. The
+// two panels of a pair lie one after the other in the packed layout; the pair that
+// follows is the next block of memory.
+constexpr int64_t kRowsPerTile512 = 12;  // 24 accumulators of 32 registers
+
+template <int Rows, int Width, Start S, bool Fetch = false>
+__attribute__((target("avx512f"), always_inline)) inline void Tile512(const float* x, int64_t ldx,
+                                                                     const float* panel, int64_t depth,
+                                                                     float* y, int64_t ldy, const float* bias) {
+  static_assert(Width == 1 || Width == 2, "a tile spans one or two panels");
+  const int64_t panel_floats = depth * kPanelWidth;
+  __m512 acc[Rows][Width];
+#pragma GCC unroll 12
+  for (int r = 0; r < Rows; ++r) {
+#pragma GCC unroll 2
+    for (int j = 0; j < Width; ++j) {
+      if constexpr (S == Start::kAccumulate) {
+        acc[r][j] = _mm512_loadu_ps(y + r * ldy + j * kPanelWidth);
+      } else if constexpr (S == Start::kBias) {
+        acc[r][j] = _mm512_loadu_ps(bias + j * kPanelWidth);
+      } else {
+        acc[r][j] = _mm512_setzero_ps();
+      }
+    }
+  }
+  const float* next = panel + Width * panel_floats;
+  for (int64_t kk = 0; kk < depth; ++kk) {
+    if constexpr (Fetch) {
+#pragma GCC unroll 2
+      for (int j = 0; j < Width; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(next + j * panel_floats + kk * kPanelWidth), _MM_HINT_T0);
+      }
+    }
+    __m512 w[Width];
+#pragma GCC unroll 2
+    for (int j = 0; j < Width; ++j) w[j] = _mm512_loadu_ps(panel + j * panel_floats + kk * kPanelWidth);
+#pragma GCC unroll 12
+    for (int r = 0; r < Rows; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * ldx + kk]);
+#pragma GCC unroll 2
+      for (int j = 0; j < Width; ++j) acc[r][j] = _mm512_fmadd_ps(xv, w[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < Rows; ++r) {
+#pragma GCC unroll 2
+    for (int j = 0; j < Width; ++j) _mm512_storeu_ps(y + r * ldy + j * kPanelWidth, acc[r][j]);
+  }
+}
+
+template <int Width, Start S>
+__attribute__((target("avx512f"))) void RowsFrom512(const float* x, int64_t rows, int64_t ldx, const float* panel,
+                                                   int64_t depth, float* y, int64_t ldy, const float* bias) {
+  constexpr int64_t kTile = kRowsPerTile512;
+  int64_t r = 0;
+  if (rows >= kTile) {
+    Tile512<kTile, Width, S, true>(x, ldx, panel, depth, y, ldy, bias);
+    r = kTile;
+  }
+  for (; r + kTile <= rows; r += kTile) {
+    Tile512<kTile, Width, S>(x + r * ldx, ldx, panel, depth, y + r * ldy, ldy, bias);
+  }
+  const float* xr = x + r * ldx;
+  float* yr = y + r * ldy;
+  // A block's only tile (a few rows: a lone request) fetches the next panels too.
+  const bool alone = r == 0;
+  switch (rows - r) {
+#define SPLITLEARND_TILE512_CASE(n)                                          \
+  case n:                                                                    \
+    if (alone) {                                                             \
+      Tile512<n, Width, S, true>(xr, ldx, panel, depth, yr, ldy, bias);      \
+    } else {                                                                 \
+      Tile512<n, Width, S>(xr, ldx, panel, depth, yr, ldy, bias);            \
+    }                                                                        \
+    break;
+    SPLITLEARND_TILE512_CASE(11)
+    SPLITLEARND_TILE512_CASE(10)
+    SPLITLEARND_TILE512_CASE(9)
+    SPLITLEARND_TILE512_CASE(8)
+    SPLITLEARND_TILE512_CASE(7)
+    SPLITLEARND_TILE512_CASE(6)
+    SPLITLEARND_TILE512_CASE(5)
+    SPLITLEARND_TILE512_CASE(4)
+    SPLITLEARND_TILE512_CASE(3)
+    SPLITLEARND_TILE512_CASE(2)
+    SPLITLEARND_TILE512_CASE(1)
+#undef SPLITLEARND_TILE512_CASE
+    default: break;
+  }
+}
+
+// Rows of x times `width` neighbouring panels (1 or 2; AVX2 takes one at a time).
+template <Start S>
+void RowsStart(Isa isa, int width, const float* x, int64_t rows, int64_t ldx, const float* panel, int64_t depth,
+               float* y, int64_t ldy, const float* bias) {
+  if (isa == Isa::kAvx512) {
+    if (width == 2) {
+      RowsFrom512<2, S>(x, rows, ldx, panel, depth, y, ldy, bias);
+    } else {
+      RowsFrom512<1, S>(x, rows, ldx, panel, depth, y, ldy, bias);
+    }
+  } else {
+    RowsFrom<S>(x, rows, ldx, panel, depth, y, ldy, bias);
+  }
+}
+
+void Rows(Isa isa, int width, const float* x, int64_t rows, int64_t ldx, const float* panel, int64_t depth, float* y,
+          int64_t ldy, Start start, const float* bias) {
   switch (start) {
-    case Start::kZero: RowsFrom<Start::kZero>(x, rows, ldx, panel, depth, y, ldy, bias); break;
-    case Start::kBias: RowsFrom<Start::kBias>(x, rows, ldx, panel, depth, y, ldy, bias); break;
-    case Start::kAccumulate: RowsFrom<Start::kAccumulate>(x, rows, ldx, panel, depth, y, ldy, bias); break;
+    case Start::kZero: RowsStart<Start::kZero>(isa, width, x, rows, ldx, panel, depth, y, ldy, bias); break;
+    case Start::kBias: RowsStart<Start::kBias>(isa, width, x, rows, ldx, panel, depth, y, ldy, bias); break;
+    case Start::kAccumulate:
+      RowsStart<Start::kAccumulate>(isa, width, x, rows, ldx, panel, depth, y, ldy, bias);
+      break;
   }
 }
 
 }  // namespace
 
-void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y) {
+void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y, Isa isa) {
   const int64_t full_panels = n / kPanelWidth;
   const int64_t tail = n - full_panels * kPanelWidth;
   const int64_t panels = Panels(n);
+  // Panels a tile spans: AVX-512 takes them in pairs (a last odd one alone).
+  const int64_t step = isa == Isa::kAvx512 ? 2 : 1;
   // The last, partial panel is computed 16 wide into a scratch block and its first
   // `tail` columns copied out, so no store runs past a row of y.
   std::vector<float> scratch(tail ? static_cast<std::size_t>(std::min(m, kBlockM) * kPanelWidth) : 0);
@@ -160,12 +286,13 @@ void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, 
     for (int64_t k0 = 0; k0 < k; k0 += kSliceK) {
       const int64_t depth = std::min(kSliceK, k - k0);
       const Start start = k0 > 0 ? Start::kAccumulate : (bias ? Start::kBias : Start::kZero);
-      for (int64_t p = 0; p < full_panels; ++p) {
-        Rows(xb + k0, rows, k, packed + PanelOffset(k0, depth, p, panels), depth, yb + p * kPanelWidth, n, start,
-             bias ? bias + p * kPanelWidth : nullptr);
+      for (int64_t p = 0; p < full_panels; p += step) {
+        const int width = static_cast<int>(std::min(step, full_panels - p));
+        Rows(isa, width, xb + k0, rows, k, packed + PanelOffset(k0, depth, p, panels), depth, yb + p * kPanelWidth, n,
+             start, bias ? bias + p * kPanelWidth : nullptr);
       }
       if (tail) {
-        Rows(xb + k0, rows, k, packed + PanelOffset(k0, depth, full_panels, panels), depth, scratch.data(),
+        Rows(isa, 1, xb + k0, rows, k, packed + PanelOffset(k0, depth, full_panels, panels), depth, scratch.data(),
              kPanelWidth, start, tail_bias);
       }
     }
@@ -178,10 +305,17 @@ void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, 
   }
 }
 
+void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y) {
+  Gemm(x, m, k, packed, n, bias, y, BestIsa());
+}
+
 #else  // not x86-64: the packing pass never runs, so Gemm is never called
 
 bool Supported() { return false; }
+bool Supported(Isa) { return false; }
+Isa BestIsa() { return Isa::kAvx2; }
 
+void Gemm(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*, Isa) {}
 void Gemm(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*) {}
 
 #endif

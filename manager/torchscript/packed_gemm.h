@@ -19,6 +19,13 @@ inline constexpr int64_t kPanelWidth = 16;
 // True where this CPU can run Gemm (x86-64 with AVX2 and FMA).
 bool Supported();
 
+// The kernels Gemm has: AVX2+FMA (8-float registers) and AVX-512F (16-float
+// registers, twice the work per instruction). Both read the same packed layout.
+enum class Isa { kAvx2, kAvx512 };
+bool Supported(Isa isa);
+// AVX-512 where this CPU has it, else AVX2.
+Isa BestIsa();
+
 // Floats that Pack writes for a K x N weight: N rounded up to whole panels, times K.
 std::size_t PackedFloats(int64_t k, int64_t n);
 
@@ -30,7 +37,10 @@ std::size_t PackedFloats(int64_t k, int64_t n);
 void Pack(const float* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride_n, float* out);
 
 // y (M x N, row-major, leading dimension N) = x (M x K, row-major) * B + bias, with
-// B packed by Pack and bias (N floats) optional. Requires Supported().
+// B packed by Pack and bias (N floats) optional. Requires Supported(); runs the
+// BestIsa() kernel.
 void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y);
+// The same with a chosen kernel (tests and benchmarks); requires Supported(isa).
+void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y, Isa isa);
 
 }  // namespace splitlearnd::packed_gemm

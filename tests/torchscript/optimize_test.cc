@@ -3,12 +3,18 @@
 // (row tiles of 6 and their tails, whole and partial 16-column panels, K slices of 256
 // and their tails, 1-D to 3-D inputs), and must leave alone what it cannot pack.
 // Includes libtorch, as the adapter it tests (and bench/inprocess) does.
-#include <catch2/catch.hpp>
+// libtorch first: c10's logging defines a CHECK of its own (fatal on failure, never
+// counted by Catch). It is dropped, so that catch.hpp's CHECK is the one used below.
 #include <torch/script.h>
+#undef CHECK
+#include <catch2/catch.hpp>
 
+#include <random>
 #include <string>
+#include <vector>
 
 #include "manager/torchscript/optimize.h"
+#include "manager/torchscript/packed_gemm.h"
 
 namespace {
 
@@ -91,6 +97,61 @@ TEST_CASE("a packed Linear computes what BLAS does, for every row, column and de
   CheckSame(Forward(packed, strided), Forward(plain, strided));
   const at::Tensor empty = torch::randn({0, k});
   CheckSame(Forward(packed, empty), Forward(plain, empty));
+}
+
+TEST_CASE("every packed GEMM kernel this CPU has (AVX2 and AVX-512) computes x W + b, for every tile and panel path") {
+  namespace pg = splitlearnd::packed_gemm;
+  const auto isa = GENERATE(pg::Isa::kAvx2, pg::Isa::kAvx512);
+  const char* name = isa == pg::Isa::kAvx2 ? "AVX2" : "AVX-512";
+  if (!pg::Supported(isa)) {
+    WARN("this CPU has no " << name << ": that kernel is never chosen here");
+    return;
+  }
+  // N covers one panel, an odd and an even panel count (AVX-512 takes panels in
+  // pairs) and partial last panels; K covers one slice, a slice tail and two slices.
+  const int64_t k = GENERATE(1, 100, 256, 600);
+  const int64_t n = GENERATE(1, 16, 17, 48, 64, 70);
+  std::mt19937 gen(static_cast<unsigned>(k * 1000 + n));
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> w(static_cast<size_t>(k * n)), bias(static_cast<size_t>(n));
+  for (float& v : w) v = dist(gen);
+  for (float& v : bias) v = dist(gen);
+  // The packed buffer must be 32-byte aligned (the daemon's is 64): start it on 64.
+  std::vector<float> buffer(pg::PackedFloats(k, n) + 16);
+  float* packed = buffer.data();
+  while (reinterpret_cast<uintptr_t>(packed) % 64 != 0) ++packed;
+  // Pack reads W (N x K, a Linear's layout) as the K x N matrix B through its strides.
+  pg::Pack(w.data(), k, n, /*stride_k=*/1, /*stride_n=*/k, packed);
+  for (int64_t m : {1, 5, 6, 10, 12, 13, 25, 96, 97, 200}) {
+    INFO(name << ": M " << m << ", K " << k << ", N " << n);
+    std::vector<float> x(static_cast<size_t>(m * k));
+    for (float& v : x) v = dist(gen);
+    for (const bool with_bias : {true, false}) {
+      std::vector<float> y(static_cast<size_t>(m * n), -7.0f);
+      pg::Gemm(x.data(), m, k, packed, n, with_bias ? bias.data() : nullptr, y.data(), isa);
+      double worst = 0.0;
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t c = 0; c < n; ++c) {
+          double want = with_bias ? bias[c] : 0.0;
+          for (int64_t q = 0; q < k; ++q) want += static_cast<double>(x[r * k + q]) * w[c * k + q];
+          worst = std::max(worst, std::abs(want - y[r * n + c]));
+        }
+      }
+      INFO("bias " << with_bias << ", largest error " << worst);
+      CHECK(worst <= 1e-5 * (k + 1));
+    }
+  }
+}
+
+TEST_CASE("optimize keeps aten::linear (addmm, bias fused) instead of a transposed-weight matmul and an add") {
+  torch::manual_seed(5);
+  auto plain = Define({24, 32}, 24, "def forward(self, x):\n    return torch.linear(x, self.w, self.b)\n");
+  auto optimized = OptimizeForInference(plain, /*prepack_linear=*/false);
+  CHECK(CountKind(optimized, "aten::linear") == 1);
+  CHECK(CountKind(optimized, "aten::matmul") == 0);
+  CHECK(CountKind(optimized, "aten::add") == 0);
+  const at::Tensor x = torch::randn({7, 32});
+  CheckSame(Forward(optimized, x), Forward(plain, x));
 }
 
 TEST_CASE("a packed weight of 2 MiB or more (kept in a huge-page buffer) computes what BLAS does") {
