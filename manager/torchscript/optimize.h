@@ -9,9 +9,11 @@ namespace splitlearnd {
 
 // Freezes `module` (parameters and attributes become constants; methods other than
 // forward are dropped) and runs TorchScript's inference passes on it: constant
-// folding, linear weights stored pre-transposed, conv/batch-norm folding. With
-// `prepack_linear`, PrepackLinearWeights runs last, as models[].prepack_linear asks. The result computes the same
-// function up to floating-point rounding. `module` must be in eval mode.
+// folding, conv/linear and batch-norm folding, conv+add+relu fusion, MKLDNN conversion
+// (all of optimize_for_inference but its linear-weight transpose; Linear layers stay
+// aten::linear). With `prepack_linear`, PrepackLinearWeights runs last, as
+// models[].prepack_linear asks. The result computes the same function up to
+// floating-point rounding. `module` must be in eval mode.
 torch::jit::Module OptimizeForInference(const torch::jit::Module& module, bool prepack_linear);
 
 // True where PrepackLinearWeights can run (x86-64 with AVX2 and FMA).

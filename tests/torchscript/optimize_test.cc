@@ -122,7 +122,12 @@ TEST_CASE("every packed GEMM kernel this CPU has (AVX2 and AVX-512) computes x W
   while (reinterpret_cast<uintptr_t>(packed) % 64 != 0) ++packed;
   // Pack reads W (N x K, a Linear's layout) as the K x N matrix B through its strides.
   pg::Pack(w.data(), k, n, /*stride_k=*/1, /*stride_n=*/k, packed);
-  for (int64_t m : {1, 5, 6, 10, 12, 13, 25, 96, 97, 200}) {
+  // Every row remainder of both kernels' tiles (6 and 12 rows), a whole 96-row block,
+  // and blocks after it.
+  std::vector<int64_t> row_counts;
+  for (int64_t m = 1; m <= 30; ++m) row_counts.push_back(m);
+  for (int64_t m : {96, 97, 200}) row_counts.push_back(m);
+  for (int64_t m : row_counts) {
     INFO(name << ": M " << m << ", K " << k << ", N " << n);
     std::vector<float> x(static_cast<size_t>(m * k));
     for (float& v : x) v = dist(gen);
