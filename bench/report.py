@@ -308,7 +308,7 @@ def main():
 
     # ---------------------------------------------------------------- thread settings
     cc = a.client_cpus
-    settings = [(f"intra1-blas{n}", S, f"intra-op 1, BLAS {n}, tiny and trunk on 1 thread, prepacked (the main config)"),
+    settings = [(f"intra1-blas{n}", S, f"intra-op 1, BLAS {n}, tiny and trunk prepacked, tiny on 1 thread (the main config)"),
                 ("plain", f"{S}-plain", f"intra-op 1, BLAS {n}, every model on it")]
     if cc:
         settings.append(("open", f"{S}-open", "the main config without CPU lists (every daemon thread on any CPU)"))
@@ -369,7 +369,7 @@ def main():
     w("")
     w("- **splitlearnd**: the daemon (Release build), one CPU device queue; `tiny` and `trunk` with batching on "
       "(`max_batch_size: 8`, `max_delay_us: 0`), `trunk-nobatch` (the same file, `max_batch_size: 1`), `trunk-wait` "
-      "(the same file, `max_batch_size: 8`, `max_delay_us: 5000`), `identity`. Process thread settings intra-op 1, BLAS = cores (the defaults); `tiny` and the three trunk models run their forwards on one thread (`models[].blas_threads: 1`, see docs/threading.md) with their Linear weights packed at load for the daemon's own kernel (`models[].prepack_linear: true`, see docs/configuration.md). Every model has `optimize: true` (frozen, TorchScript's inference passes)."
+      "(the same file, `max_batch_size: 8`, `max_delay_us: 5000`), `identity`. Process thread settings intra-op 1, BLAS = cores (the defaults); `tiny` and the three trunk models have their Linear weights packed at load for the daemon's own kernel (`models[].prepack_linear: true`, see docs/configuration.md); `tiny` runs its forwards on one thread (`models[].blas_threads: 1`, see docs/threading.md), the trunk models on the device's BLAS count, which their packed layers use too. Every model has `optimize: true` (frozen, TorchScript's inference passes)."
       + (f" CPU layout: `server.cpus: \"{cc}\"` (gRPC's threads, the loader and housekeeping on the load generator's CPU), "
          f"`devices.cpu.cpus: \"0-{n - 1}\"` (the device worker and OpenBLAS's helpers on any CPU), so that the scheduler "
          "keeps the worker off the CPU where the network work runs (docs/threading.md)." if cc else ""))
@@ -734,7 +734,7 @@ def main():
     w("`$BUILD` is the build folder and `$WORK` the scratch folder of the run (configs, shards, logs, raw CSVs; "
       "the CSVs are also copied to `docs/benchmarks/`). Each server runs on `127.0.0.1` on a free port; "
       "`ADDR` below stands for the port it printed. The daemon configs are `$WORK/t1.yaml` (intra-op 1, "
-      f"BLAS {n}, `tiny` and the trunk models on one thread with prepacked Linear weights), `t1-plain.yaml` (the same without the per-model settings), "
+      f"BLAS {n}, `tiny` and the trunk models with prepacked Linear weights, `tiny` on one BLAS thread), `t1-plain.yaml` (the same without the per-model settings), "
       + ("`t1-open.yaml` (the same as `t1.yaml` without CPU lists), " if cc else "")
       + f"`t2.yaml` (intra-op 2, BLAS {n}), `t3.yaml` (intra-op 1, BLAS 1), `t4.yaml` (pinned) and `mem.yaml`; "
       + ("all but `t1-open.yaml` and `t4.yaml` with the main CPU layout; " if cc else "")

@@ -209,13 +209,13 @@ EOF
     done
   } >"$file"
 }
-# id:file:max_batch_size[:max_delay_us[:blas_threads[:prepack]]]. The tiny shard and the
-# trunk run their forwards on one thread with their Linear weights prepacked
-# (models[].blas_threads: 1, models[].prepack_linear: they serve a few rows per forward,
-# docs/configuration.md); the thread-settings configs (t1-plain, t2-t4) leave every
-# model on the device's setting.
-ALL_MODELS=(tiny:tiny:8:0:1:prepack trunk:trunk:8:0:1:prepack trunk-nobatch:trunk:1:0:1:prepack
-            trunk-wait:trunk:8:5000:1:prepack identity:identity:8)
+# id:file:max_batch_size[:max_delay_us[:blas_threads[:prepack]]]. Both shards have their
+# Linear weights prepacked (models[].prepack_linear: they serve a few rows per forward,
+# docs/configuration.md); the tiny shard runs on one thread (models[].blas_threads: 1),
+# the trunk on the device's BLAS thread count, which its packed layers use too. The
+# thread-settings configs (t1-plain, t2-t4) leave every model on the device's setting.
+ALL_MODELS=(tiny:tiny:8:0:1:prepack trunk:trunk:8:0::prepack trunk-nobatch:trunk:1:0::prepack
+            trunk-wait:trunk:8:5000::prepack identity:identity:8)
 PLAIN_MODELS=(tiny:tiny:8 trunk:trunk:8 trunk-nobatch:trunk:1 trunk-wait:trunk:8:5000 identity:identity:8)
 # With CLIENT_CPUS, the main configs get a CPU layout: the daemon's own threads (gRPC,
 # loader, housekeeping) on the client's CPUs (server.cpus), the device worker and
@@ -374,12 +374,13 @@ alternate() {
   timeout $(( ${secs%.*} + 180 )) "${cmd[@]}" | sed 's/^/    /' || log "loadgen reported errors (see the CSV)"
 }
 # inprocess_one LABEL MODEL BATCH [ARGS]: one in-process point with t1's settings for the
-# model: tiny and trunk on one thread with their Linear weights prepacked, the others on
-# BLAS = cores.
+# model: tiny on one thread and trunk on BLAS = cores, both with their Linear weights
+# prepacked; the others on BLAS = cores.
 inprocess_one() {
   local label="$1" model="$2" batch="$3"; shift 3
   local threads=(--blas-threads "$NPROC")
-  [[ "$model" != tiny && "$model" != trunk ]] || threads=(--blas-threads 1 --prepack-linear)
+  [[ "$model" != tiny ]] || threads=(--blas-threads 1 --prepack-linear)
+  [[ "$model" != trunk ]] || threads=(--blas-threads "$NPROC" --prepack-linear)
   local cmd=("$INPROC" --model "$WORK/$model.pt" --shape 1x10x768 --batch "$batch" --duration-s "$INPROC_S"
              --intra-op-threads 1 "${threads[@]}" --optimize --csv "$INPROC_CSV" --label "$label" "$@")
   record "${cmd[*]}"

@@ -9,8 +9,10 @@
 #include <torch/csrc/jit/passes/frozen_ops_to_mkldnn.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
@@ -58,6 +60,16 @@ void CheckPacked(const at::Tensor& packed, const c10::optional<at::Tensor>& bias
   }
 }
 
+// The threads a packed Linear may use: OpenBLAS's current count, which the device
+// worker sets to the model's models[].blas_threads (else the process's blas_threads)
+// before its forwards, so one setting governs a model's BLAS calls and its packed
+// layers alike. 1 where OpenBLAS is not the BLAS.
+int PackedThreads() {
+  using Fn = int (*)();
+  static const auto get = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return get ? std::max(1, get()) : 1;
+}
+
 at::Tensor PackedLinear(const at::Tensor& input, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                         int64_t out_features) {
   CheckPacked(packed, bias, out_features);
@@ -78,7 +90,8 @@ at::Tensor PackedLinear(const at::Tensor& input, const at::Tensor& packed, const
   for (size_t d = 0; d + 1 < shape.size(); ++d) rows *= shape[d];
   if (rows > 0 && out_features > 0) {
     packed_gemm::Gemm(x.data_ptr<float>(), rows, k, packed.data_ptr<float>(), out_features,
-                      bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>());
+                      bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), packed_gemm::BestIsa(),
+                      PackedThreads());
   }
   return y;
 }

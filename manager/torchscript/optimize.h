@@ -23,9 +23,10 @@ bool PrepackLinearSupported();
 // is a float32 CPU constant matrix (and whose bias, if any, is a constant) by
 // splitlearnd::packed_linear(x, P, b, N): the weight packed once for packed_gemm's
 // kernel, so the per-call copy that OpenBLAS makes of it is gone; a constant bias
-// added to the product folds into the kernel. The kernel is single-threaded and wins
-// at a few rows per call (models[].prepack_linear, docs/configuration.md). Does
-// nothing where the CPU lacks AVX2/FMA. Returns the layers replaced.
+// added to the product folds into the kernel. The kernel runs on as many threads as
+// OpenBLAS is set to when it is called (the model's blas_threads), and wins at a few
+// rows per call (models[].prepack_linear, docs/configuration.md). Does nothing where
+// the CPU lacks AVX2/FMA. Returns the layers replaced.
 int PrepackLinearWeights(torch::jit::Module& module);
 
 }  // namespace splitlearnd

@@ -1,6 +1,14 @@
 #include "manager/torchscript/packed_gemm.h"
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -262,41 +270,49 @@ void Rows(Isa isa, int width, const float* x, int64_t rows, int64_t ldx, const f
 
 }  // namespace
 
-void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y, Isa isa) {
+namespace {
+
+// Output panels [p_begin, p_end) of y = x B + bias; p_end may include the last, partial
+// panel. Panels are independent columns of y, so threads may compute disjoint ranges.
+void GemmPanels(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y,
+                Isa isa, int64_t p_begin, int64_t p_end) {
   const int64_t full_panels = n / kPanelWidth;
   const int64_t tail = n - full_panels * kPanelWidth;
   const int64_t panels = Panels(n);
+  const bool has_tail = tail > 0 && p_end > full_panels;
+  const int64_t full_end = std::min(p_end, full_panels);
   // Panels a tile spans: AVX-512 takes them in pairs (a last odd one alone).
   const int64_t step = isa == Isa::kAvx512 ? 2 : 1;
   // The last, partial panel is computed 16 wide into a scratch block and its first
   // `tail` columns copied out, so no store runs past a row of y.
-  std::vector<float> scratch(tail ? static_cast<std::size_t>(std::min(m, kBlockM) * kPanelWidth) : 0);
+  std::vector<float> scratch(has_tail ? static_cast<std::size_t>(std::min(m, kBlockM) * kPanelWidth) : 0);
   float tail_bias[kPanelWidth] = {};
-  if (tail && bias) std::copy(bias + full_panels * kPanelWidth, bias + n, tail_bias);
+  if (has_tail && bias) std::copy(bias + full_panels * kPanelWidth, bias + n, tail_bias);
   for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
     const int64_t rows = std::min(kBlockM, m - m0);
     const float* xb = x + m0 * k;
     float* yb = y + m0 * n;
     if (k == 0) {  // an empty sum: bias, or zero
+      const int64_t c_end = std::min(n, p_end * kPanelWidth);
       for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < n; ++c) yb[r * n + c] = bias ? bias[c] : 0.0f;
+        for (int64_t c = p_begin * kPanelWidth; c < c_end; ++c) yb[r * n + c] = bias ? bias[c] : 0.0f;
       }
       continue;
     }
     for (int64_t k0 = 0; k0 < k; k0 += kSliceK) {
       const int64_t depth = std::min(kSliceK, k - k0);
       const Start start = k0 > 0 ? Start::kAccumulate : (bias ? Start::kBias : Start::kZero);
-      for (int64_t p = 0; p < full_panels; p += step) {
-        const int width = static_cast<int>(std::min(step, full_panels - p));
+      for (int64_t p = p_begin; p < full_end; p += step) {
+        const int width = static_cast<int>(std::min(step, full_end - p));
         Rows(isa, width, xb + k0, rows, k, packed + PanelOffset(k0, depth, p, panels), depth, yb + p * kPanelWidth, n,
              start, bias ? bias + p * kPanelWidth : nullptr);
       }
-      if (tail) {
+      if (has_tail) {
         Rows(isa, 1, xb + k0, rows, k, packed + PanelOffset(k0, depth, full_panels, panels), depth, scratch.data(),
              kPanelWidth, start, tail_bias);
       }
     }
-    if (tail) {
+    if (has_tail) {
       for (int64_t r = 0; r < rows; ++r) {
         std::copy(scratch.data() + r * kPanelWidth, scratch.data() + r * kPanelWidth + tail,
                   yb + r * n + full_panels * kPanelWidth);
@@ -305,8 +321,146 @@ void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, 
   }
 }
 
+// Helper threads for Gemm's `threads` > 1, shared by the process and started on first
+// use. A call queues its parts, runs the first itself, takes back any part no helper
+// has started, and then waits for the rest. A helper that finishes a part polls for the
+// next one for a little while before it sleeps: a forward's Linear layers come a few
+// microseconds apart, and waking a sleeping thread costs tens of microseconds on a VM.
+class HelperPool {
+ public:
+  static HelperPool& Get() {
+    static HelperPool pool;
+    return pool;
+  }
+
+  // Runs part(i) for i in [0, parts), part 0 on the calling thread.
+  template <typename Fn>
+  void Run(int parts, const Fn& part) {
+    Call call;
+    call.pending.store(parts - 1, std::memory_order_relaxed);
+    call.fn = [](const void* f, int i) { (*static_cast<const Fn*>(f))(i); };
+    call.arg = &part;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      EnsureThreads(parts - 1);
+      for (int i = 1; i < parts; ++i) queue_.push_back(Task{&call, i});
+      queued_.store(queue_.size(), std::memory_order_release);
+    }
+    cv_.notify_all();
+    part(0);  // GemmPanels does not throw (its one allocation is a few KiB)
+    // Parts no helper has taken yet run here, rather than waiting for a helper to wake.
+    while (true) {
+      Task task{};
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = std::find_if(queue_.begin(), queue_.end(), [&](const Task& t) { return t.call == &call; });
+        if (it == queue_.end()) break;
+        task = *it;
+        queue_.erase(it);
+        queued_.store(queue_.size(), std::memory_order_release);
+      }
+      Finish(task);
+    }
+    // The helpers' parts take about as long as this thread's: poll a little, then sleep.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    for (uint32_t i = 1; call.pending.load(std::memory_order_acquire) > 0; ++i) {
+      if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
+      _mm_pause();
+    }
+    std::unique_lock<std::mutex> lock(call.mu);
+    call.done.wait(lock, [&] { return call.pending.load(std::memory_order_acquire) == 0; });
+  }
+
+  ~HelperPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+
+ private:
+  struct Call {
+    void (*fn)(const void*, int) = nullptr;
+    const void* arg = nullptr;
+    std::atomic<int> pending{0};
+    std::mutex mu;
+    std::condition_variable done;
+  };
+  struct Task {
+    Call* call;
+    int part;
+  };
+
+  static void Finish(const Task& task) {
+    task.call->fn(task.call->arg, task.part);
+    // Under the call's lock: the caller returns (and its Call goes away) only after
+    // taking that lock and seeing no part pending, so no helper touches it after.
+    std::lock_guard<std::mutex> lock(task.call->mu);
+    if (task.call->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) task.call->done.notify_one();
+  }
+
+  void EnsureThreads(int n) {  // with mu_ held
+    while (static_cast<int>(threads_.size()) < n) threads_.emplace_back([this] { Loop(); });
+  }
+
+  void Loop() {
+    pthread_setname_np(pthread_self(), "sld-gemm");
+    while (true) {
+      // Poll for about 50 microseconds before sleeping.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+      for (uint32_t i = 1; queued_.load(std::memory_order_acquire) == 0; ++i) {
+        if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
+        _mm_pause();
+      }
+      Task task{};
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        task = queue_.front();
+        queue_.pop_front();
+        queued_.store(queue_.size(), std::memory_order_release);
+      }
+      Finish(task);
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> queue_;
+  std::atomic<size_t> queued_{0};
+  std::vector<std::thread> threads_;
+  bool stop_ = false;
+};
+
+// Below this much work (multiply-adds) a call stays on one thread: handing half of it
+// to a helper would cost about what it saves.
+constexpr int64_t kMinParallelMacs = int64_t{4} << 20;
+
+}  // namespace
+
+void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y, Isa isa,
+          int threads) {
+  const int64_t panels = Panels(n);
+  // Parts are whole panel pairs (AVX-512 tiles span two), at least two pairs each.
+  const int64_t unit = 2;
+  const int64_t units = (panels + unit - 1) / unit;
+  int64_t parts = std::min<int64_t>(std::max(threads, 1), units / 2);
+  if (m * k * n < kMinParallelMacs) parts = 1;
+  if (parts <= 1) {
+    GemmPanels(x, m, k, packed, n, bias, y, isa, 0, panels);
+    return;
+  }
+  HelperPool::Get().Run(static_cast<int>(parts), [&](int i) {
+    const int64_t u0 = units * i / parts, u1 = units * (i + 1) / parts;
+    GemmPanels(x, m, k, packed, n, bias, y, isa, u0 * unit, std::min(panels, u1 * unit));
+  });
+}
+
 void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y) {
-  Gemm(x, m, k, packed, n, bias, y, BestIsa());
+  Gemm(x, m, k, packed, n, bias, y, BestIsa(), 1);
 }
 
 #else  // not x86-64: the packing pass never runs, so Gemm is never called
@@ -315,7 +469,7 @@ bool Supported() { return false; }
 bool Supported(Isa) { return false; }
 Isa BestIsa() { return Isa::kAvx2; }
 
-void Gemm(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*, Isa) {}
+void Gemm(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*, Isa, int) {}
 void Gemm(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*) {}
 
 #endif

@@ -1,11 +1,13 @@
-// A single-threaded float32 GEMM against a weight packed once, at load, for the CPU
-// it runs on. libtorch-free: the adapter's packing pass (optimize.cc) is its only user.
+// A float32 GEMM against a weight packed once, at load, for the CPU it runs on, on the
+// calling thread or split by output columns over a few threads. libtorch-free: the
+// adapter's packing pass (optimize.cc) is its only user.
 //
 // Why: OpenBLAS copies ("packs") the whole weight into its kernel's layout on every
 // call. At the row counts a serving batch has (a few requests of a few rows each)
 // that copy is a large share of a Linear layer's time: 768x768 at 40 rows, 16 % of a
 // device worker's samples. Packing once at load removes it; the kernel below is the
-// usual register-blocked AVX2/FMA one, blocked for L1 over K and for L2 over M.
+// usual register-blocked one (AVX2/FMA or AVX-512), blocked for L1 over K and for L2
+// over M.
 #pragma once
 
 #include <cstddef>
@@ -40,7 +42,11 @@ void Pack(const float* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride
 // B packed by Pack and bias (N floats) optional. Requires Supported(); runs the
 // BestIsa() kernel.
 void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y);
-// The same with a chosen kernel (tests and benchmarks); requires Supported(isa).
-void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y, Isa isa);
+// The same with a chosen kernel, on up to `threads` threads: the caller and helper
+// threads of a pool shared by the process (started on first use), each computing a
+// range of output panels. A call with less work than a few million multiply-adds, or
+// too few panels to share, runs on the caller alone. Requires Supported(isa).
+void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y, Isa isa,
+          int threads = 1);
 
 }  // namespace splitlearnd::packed_gemm

@@ -31,8 +31,8 @@ case "$mode" in
     ;;
   thread)
     build=${BUILD_DIR:-$repo/build-tsan}
-    targets=(config_test device_queue_test model_manager_test codec_test server_test)
-    tests='^(config|device_queue|model_manager|codec|server):'
+    targets=(config_test device_queue_test model_manager_test codec_test server_test packed_gemm_test)
+    tests='^(config|device_queue|model_manager|codec|server|packed_gemm):'
     # (the 32-client server case takes about 4 minutes under TSan; its ctest timeout
     # is raised for this build in tests/daemon/CMakeLists.txt)
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$here/tsan.supp"

@@ -9,12 +9,9 @@
 #undef CHECK
 #include <catch2/catch.hpp>
 
-#include <random>
 #include <string>
-#include <vector>
 
 #include "manager/torchscript/optimize.h"
-#include "manager/torchscript/packed_gemm.h"
 
 namespace {
 
@@ -97,55 +94,6 @@ TEST_CASE("a packed Linear computes what BLAS does, for every row, column and de
   CheckSame(Forward(packed, strided), Forward(plain, strided));
   const at::Tensor empty = torch::randn({0, k});
   CheckSame(Forward(packed, empty), Forward(plain, empty));
-}
-
-TEST_CASE("every packed GEMM kernel this CPU has (AVX2 and AVX-512) computes x W + b, for every tile and panel path") {
-  namespace pg = splitlearnd::packed_gemm;
-  const auto isa = GENERATE(pg::Isa::kAvx2, pg::Isa::kAvx512);
-  const char* name = isa == pg::Isa::kAvx2 ? "AVX2" : "AVX-512";
-  if (!pg::Supported(isa)) {
-    WARN("this CPU has no " << name << ": that kernel is never chosen here");
-    return;
-  }
-  // N covers one panel, an odd and an even panel count (AVX-512 takes panels in
-  // pairs) and partial last panels; K covers one slice, a slice tail and two slices.
-  const int64_t k = GENERATE(1, 100, 256, 600);
-  const int64_t n = GENERATE(1, 16, 17, 48, 64, 70);
-  std::mt19937 gen(static_cast<unsigned>(k * 1000 + n));
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> w(static_cast<size_t>(k * n)), bias(static_cast<size_t>(n));
-  for (float& v : w) v = dist(gen);
-  for (float& v : bias) v = dist(gen);
-  // The packed buffer must be 32-byte aligned (the daemon's is 64): start it on 64.
-  std::vector<float> buffer(pg::PackedFloats(k, n) + 16);
-  float* packed = buffer.data();
-  while (reinterpret_cast<uintptr_t>(packed) % 64 != 0) ++packed;
-  // Pack reads W (N x K, a Linear's layout) as the K x N matrix B through its strides.
-  pg::Pack(w.data(), k, n, /*stride_k=*/1, /*stride_n=*/k, packed);
-  // Every row remainder of both kernels' tiles (6 and 12 rows), a whole 96-row block,
-  // and blocks after it.
-  std::vector<int64_t> row_counts;
-  for (int64_t m = 1; m <= 30; ++m) row_counts.push_back(m);
-  for (int64_t m : {96, 97, 200}) row_counts.push_back(m);
-  for (int64_t m : row_counts) {
-    INFO(name << ": M " << m << ", K " << k << ", N " << n);
-    std::vector<float> x(static_cast<size_t>(m * k));
-    for (float& v : x) v = dist(gen);
-    for (const bool with_bias : {true, false}) {
-      std::vector<float> y(static_cast<size_t>(m * n), -7.0f);
-      pg::Gemm(x.data(), m, k, packed, n, with_bias ? bias.data() : nullptr, y.data(), isa);
-      double worst = 0.0;
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t c = 0; c < n; ++c) {
-          double want = with_bias ? bias[c] : 0.0;
-          for (int64_t q = 0; q < k; ++q) want += static_cast<double>(x[r * k + q]) * w[c * k + q];
-          worst = std::max(worst, std::abs(want - y[r * n + c]));
-        }
-      }
-      INFO("bias " << with_bias << ", largest error " << worst);
-      CHECK(worst <= 1e-5 * (k + 1));
-    }
-  }
 }
 
 TEST_CASE("optimize keeps aten::linear (addmm, bias fused) instead of a transposed-weight matmul and an add") {
