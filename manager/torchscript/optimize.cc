@@ -60,16 +60,6 @@ void CheckPacked(const at::Tensor& packed, const c10::optional<at::Tensor>& bias
   }
 }
 
-// The threads a packed Linear may use: OpenBLAS's current count, which the device
-// worker sets to the model's models[].blas_threads (else the process's blas_threads)
-// before its forwards, so one setting governs a model's BLAS calls and its packed
-// layers alike. 1 where OpenBLAS is not the BLAS.
-int PackedThreads() {
-  using Fn = int (*)();
-  static const auto get = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  return get ? std::max(1, get()) : 1;
-}
-
 at::Tensor PackedLinear(const at::Tensor& input, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                         int64_t out_features) {
   CheckPacked(packed, bias, out_features);
@@ -91,7 +81,9 @@ at::Tensor PackedLinear(const at::Tensor& input, const at::Tensor& packed, const
   if (rows > 0 && out_features > 0) {
     packed_gemm::Gemm(x.data_ptr<float>(), rows, k, packed.data_ptr<float>(), out_features,
                       bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), packed_gemm::BestIsa(),
-                      PackedThreads());
+                      // OpenBLAS's count, set per model by the device worker: one setting
+                      // for a model's BLAS calls and its packed layers alike.
+                      std::max(1, OpenBlasThreads()));
   }
   return y;
 }
@@ -197,6 +189,12 @@ void RewriteBlock(torch::jit::Graph& graph, torch::jit::Block* block, int& rewri
 }
 
 }  // namespace
+
+int OpenBlasThreads() {
+  using Fn = int (*)();
+  static const auto get = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return get ? get() : 0;
+}
 
 bool PrepackLinearSupported() { return packed_gemm::Supported(); }
 

@@ -16,6 +16,10 @@ namespace splitlearnd {
 // floating-point rounding. `module` must be in eval mode.
 torch::jit::Module OptimizeForInference(const torch::jit::Module& module, bool prepack_linear);
 
+// OpenBLAS's thread count as set now (openblas_get_num_threads), or 0 where OpenBLAS
+// is not the BLAS. The device worker sets it per model (models[].blas_threads).
+int OpenBlasThreads();
+
 // True where PrepackLinearWeights can run (x86-64 with AVX2 and FMA).
 bool PrepackLinearSupported();
 

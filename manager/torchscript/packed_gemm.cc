@@ -285,7 +285,7 @@ void GemmPanels(const float* x, int64_t m, int64_t k, const float* packed, int64
   const int64_t step = isa == Isa::kAvx512 ? 2 : 1;
   // The last, partial panel is computed 16 wide into a scratch block and its first
   // `tail` columns copied out, so no store runs past a row of y.
-  std::vector<float> scratch(has_tail ? static_cast<std::size_t>(std::min(m, kBlockM) * kPanelWidth) : 0);
+  alignas(64) float scratch[kBlockM * kPanelWidth];  // 6 KiB, one row block
   float tail_bias[kPanelWidth] = {};
   if (has_tail && bias) std::copy(bias + full_panels * kPanelWidth, bias + n, tail_bias);
   for (int64_t m0 = 0; m0 < m; m0 += kBlockM) {
@@ -308,17 +308,30 @@ void GemmPanels(const float* x, int64_t m, int64_t k, const float* packed, int64
              start, bias ? bias + p * kPanelWidth : nullptr);
       }
       if (has_tail) {
-        Rows(isa, 1, xb + k0, rows, k, packed + PanelOffset(k0, depth, full_panels, panels), depth, scratch.data(),
+        Rows(isa, 1, xb + k0, rows, k, packed + PanelOffset(k0, depth, full_panels, panels), depth, scratch,
              kPanelWidth, start, tail_bias);
       }
     }
     if (has_tail) {
       for (int64_t r = 0; r < rows; ++r) {
-        std::copy(scratch.data() + r * kPanelWidth, scratch.data() + r * kPanelWidth + tail,
+        std::copy(scratch + r * kPanelWidth, scratch + r * kPanelWidth + tail,
                   yb + r * n + full_panels * kPanelWidth);
       }
     }
   }
+}
+
+// Polls `ready` with a CPU pause between tries for up to 50 microseconds; true if it
+// turned true. Cheaper than sleeping when the wait is short: waking a sleeping thread
+// costs tens of microseconds on a VM.
+template <typename Ready>
+bool PollBriefly(const Ready& ready) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+  for (uint32_t i = 1; !ready(); ++i) {
+    if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) return false;
+    _mm_pause();
+  }
+  return true;
 }
 
 // Helper threads for Gemm's `threads` > 1, shared by the process and started on first
@@ -347,7 +360,7 @@ class HelperPool {
       queued_.store(queue_.size(), std::memory_order_release);
     }
     cv_.notify_all();
-    part(0);  // GemmPanels does not throw (its one allocation is a few KiB)
+    part(0);  // GemmPanels allocates nothing and does not throw
     // Parts no helper has taken yet run here, rather than waiting for a helper to wake.
     while (true) {
       Task task{};
@@ -362,11 +375,7 @@ class HelperPool {
       Finish(task);
     }
     // The helpers' parts take about as long as this thread's: poll a little, then sleep.
-    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
-    for (uint32_t i = 1; call.pending.load(std::memory_order_acquire) > 0; ++i) {
-      if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
-      _mm_pause();
-    }
+    PollBriefly([&] { return call.pending.load(std::memory_order_acquire) == 0; });
     std::unique_lock<std::mutex> lock(call.mu);
     call.done.wait(lock, [&] { return call.pending.load(std::memory_order_acquire) == 0; });
   }
@@ -408,12 +417,7 @@ class HelperPool {
   void Loop() {
     pthread_setname_np(pthread_self(), "sld-gemm");
     while (true) {
-      // Poll for about 50 microseconds before sleeping.
-      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
-      for (uint32_t i = 1; queued_.load(std::memory_order_acquire) == 0; ++i) {
-        if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
-        _mm_pause();
-      }
+      PollBriefly([this] { return queued_.load(std::memory_order_acquire) > 0; });
       Task task{};
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -459,10 +463,6 @@ void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, 
   });
 }
 
-void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y) {
-  Gemm(x, m, k, packed, n, bias, y, BestIsa(), 1);
-}
-
 #else  // not x86-64: the packing pass never runs, so Gemm is never called
 
 bool Supported() { return false; }
@@ -470,7 +470,6 @@ bool Supported(Isa) { return false; }
 Isa BestIsa() { return Isa::kAvx2; }
 
 void Gemm(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*, Isa, int) {}
-void Gemm(const float*, int64_t, int64_t, const float*, int64_t, const float*, float*) {}
 
 #endif
 

@@ -39,14 +39,12 @@ std::size_t PackedFloats(int64_t k, int64_t n);
 void Pack(const float* b, int64_t k, int64_t n, int64_t stride_k, int64_t stride_n, float* out);
 
 // y (M x N, row-major, leading dimension N) = x (M x K, row-major) * B + bias, with
-// B packed by Pack and bias (N floats) optional. Requires Supported(); runs the
-// BestIsa() kernel.
-void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y);
-// The same with a chosen kernel, on up to `threads` threads: the caller and helper
-// threads of a pool shared by the process (started on first use), each computing a
-// range of output panels. A call with less work than a few million multiply-adds, or
-// too few panels to share, runs on the caller alone. Requires Supported(isa).
-void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y, Isa isa,
-          int threads = 1);
+// B packed by Pack and bias (N floats) optional, by the `isa` kernel (requires
+// Supported(isa)) on up to `threads` threads: the caller and helper threads of a pool
+// shared by the process (started on first use), each computing a range of output
+// panels. A call with less work than a few million multiply-adds, or too few panels
+// to share, runs on the caller alone.
+void Gemm(const float* x, int64_t m, int64_t k, const float* packed, int64_t n, const float* bias, float* y,
+          Isa isa = BestIsa(), int threads = 1);
 
 }  // namespace splitlearnd::packed_gemm

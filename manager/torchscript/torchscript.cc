@@ -79,11 +79,7 @@ void PinBlasHelpers(int threads, const std::vector<int>& cpus) {
 // n <= 0: the process's count (ConfigureTorchThreads', else what OpenBLAS started with).
 void UseBlasThreads(int n) {
   static std::atomic<int> current{0};
-  static const int initial = [] {
-    using Fn = int (*)();
-    auto get = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    return get ? get() : 0;
-  }();
+  static const int initial = OpenBlasThreads();
   if (n <= 0) n = g_blas.load() > 0 ? g_blas.load() : initial;
   if (n <= 0 || current.load(std::memory_order_relaxed) == n) return;
   if (SetBlasThreads(n)) current.store(n, std::memory_order_relaxed);
