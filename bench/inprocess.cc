@@ -1,5 +1,5 @@
-// inprocess: the compute limit. Loads a TorchScript .pt with libtorch and times
-// forward() directly, at batch 1 and at larger batches, with the same thread settings
+// inprocess: the compute limit. Loads a TorchScript .pt (or, on libtorch 2.6 and
+// later, an AOTInductor .pt2 package) with libtorch and times its forward directly, at batch 1 and at larger batches, with the same thread settings
 // the daemon applies (splitlearnd's own ConfigureTorchThreads). No gRPC here: this
 // translation unit includes libtorch headers and must not include protobuf ones.
 #include <torch/script.h>
@@ -16,7 +16,15 @@
 #include <vector>
 
 #include "manager/torchscript/optimize.h"
+#include "manager/torchscript/torch_compat.h"
 #include "manager/torchscript/torchscript.h"
+
+#if SPLITLEARND_HAVE_AOTI
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#endif
+
+#include <functional>
+#include <memory>
 
 namespace {
 
@@ -59,7 +67,7 @@ int main(int argc, char** argv) {
   threads.blas_threads = 0;
 
   CLI::App app{"inprocess: time a TorchScript shard's forward() in-process (the limit for any server)"};
-  app.add_option("--model", model_path, "the .pt file")->required();
+  app.add_option("--model", model_path, "the .pt file, or a .pt2 AOTInductor package")->required();
   app.add_option("--shape", shape_text, "shape of ONE request; batch N multiplies its first dimension")
       ->capture_default_str();
   app.add_option("--batch", batches, "batch sizes to time (requests per forward)")->capture_default_str();
@@ -84,19 +92,35 @@ int main(int argc, char** argv) {
     return 2;
   }
   splitlearnd::ConfigureTorchThreads(threads);
+  splitlearnd::DisableTorchScriptFuser();  // as the daemon runs its models
   const auto eff = splitlearnd::EffectiveTorchThreads();
 
+  // One forward of a batch, as the daemon's model runs it.
+  std::function<void(const at::Tensor&)> forward;
   torch::jit::Module module;
+  const bool package = model_path.size() > 4 && model_path.compare(model_path.size() - 4, 4, ".pt2") == 0;
   try {
-    module = torch::jit::load(model_path);
-    module.eval();
-    if (optimize) module = splitlearnd::OptimizeForInference(module, prepack);
+    if (package) {
+#if SPLITLEARND_HAVE_AOTI
+      auto loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(model_path);
+      forward = [loader](const at::Tensor& x) { loader->run({x}); };
+#else
+      std::fprintf(stderr, "inprocess: %s is an AOTInductor package: it needs libtorch 2.6 or later\n",
+                   model_path.c_str());
+      return 1;
+#endif
+    } else {
+      module = torch::jit::load(model_path);
+      module.eval();
+      if (optimize) module = splitlearnd::OptimizeForInference(module, prepack);
+      forward = [&module](const at::Tensor& x) { module.forward({x}).toTensor(); };
+    }
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "inprocess: cannot load %s: %s\n", model_path.c_str(), e.what_without_backtrace());
     return 1;
   }
   std::printf("inprocess: %s%s, shape %s, threads intra-op %d, BLAS %d\n  %s\n", model_path.c_str(),
-              optimize ? (prepack ? " (optimized, Linear weights prepacked)" : " (optimized)") : "",
+              package ? " (AOTInductor package)" : optimize ? (prepack ? " (optimized, Linear weights prepacked)" : " (optimized)") : "",
               shape_text.c_str(), eff.intra_op_threads, eff.blas_threads,
               splitlearnd::TorchBuildSummary().c_str());
 
@@ -121,9 +145,8 @@ int main(int argc, char** argv) {
     std::vector<int64_t> s = shape;
     s[0] *= batch;
     at::Tensor input = torch::randn(s);
-    std::vector<c10::IValue> args{input};
     try {
-      for (int i = 0; i < warmup; ++i) module.forward(args);
+      for (int i = 0; i < warmup; ++i) forward(input);
       std::vector<double> us;
       const auto start = Clock::now();
       const auto until = start + std::chrono::microseconds(static_cast<int64_t>(duration_s * 1e6));
@@ -133,7 +156,7 @@ int main(int argc, char** argv) {
       while (now < until || us.size() < 5) {
         if (gap_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(gap_us));
         const auto t0 = Clock::now();
-        at::Tensor y = module.forward(args).toTensor();
+        forward(input);
         now = Clock::now();
         us.push_back(std::chrono::duration<double, std::micro>(now - t0).count());
       }
@@ -155,6 +178,9 @@ int main(int argc, char** argv) {
       }
     } catch (const c10::Error& e) {
       std::fprintf(stderr, "inprocess: forward at batch %d failed: %s\n", batch, e.what_without_backtrace());
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "inprocess: forward at batch %d failed: %s\n", batch, e.what());
       return 1;
     }
   }

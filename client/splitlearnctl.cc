@@ -321,8 +321,8 @@ int main(int argc, char** argv) {
   auto* load_cmd = app.add_subcommand("load", "load a model of the config by id, or a file under model_root by --path");
   std::string load_path, load_device;
   bool no_wait = false;
-  load_cmd->add_option("id", model_id, "model id (with --path: the id to give it; default: the file name)");
-  load_cmd->add_option("--id", model_id, "same as the positional id");
+  // One option with both names: CLI11 2.4 refuses a positional and a long option that share "id".
+  load_cmd->add_option("id,--id", model_id, "model id (with --path: the id to give it; default: the file name)");
   load_cmd->add_option("--path", load_path, "a model file inside model_root (relative to it, or absolute)");
   load_cmd->add_option("--device", load_device, "with --path: cpu or cuda:N (default cpu)");
   load_cmd->add_flag("--no-wait", no_wait, "return at once instead of when the load finished");

@@ -365,6 +365,24 @@ class Parser {
     if (m.prepack_linear && m.device.rfind("cpu", 0) != 0) {
       Fail(node["prepack_linear"], k + ".prepack_linear", "packs weights for a CPU kernel: only for a cpu device");
     }
+    // An AOTInductor package (.pt2) is compiled for inference: no backward, no cache
+    // argument, and no TorchScript graph to optimize.
+    const bool package = m.path.size() > 4 && m.path.compare(m.path.size() - 4, 4, ".pt2") == 0;
+    if (package) {
+      const char* why = "an AOTInductor package (.pt2) holds no backward; train a TorchScript (.pt) file instead";
+      if (m.training.enabled) Fail(node["training"], k + ".training.enabled", why);
+      if (node["sessions"] && m.sessions.max_sessions > 0) {
+        Fail(node["sessions"], k + ".sessions",
+             "an AOTInductor package (.pt2) takes no past_key_values, so it has no sessions (set max_sessions: 0 or "
+             "serve a TorchScript file)");
+      }
+      for (const char* key : {"optimize", "prepack_linear"}) {
+        if (node[key] && Bool(node[key], Join(k, key))) {
+          Fail(node[key], Join(k, key), "applies to TorchScript files; an AOTInductor package is already compiled");
+        }
+      }
+      m.sessions.max_sessions = 0;
+    }
     return m;
   }
 

@@ -273,6 +273,7 @@ int Run(const Options& opt) {
   reload_options.listen_override = opt.listen;
   reload_options.before_apply = [&](const Config& previous, const Config& next, std::vector<std::string>* warnings) {
     if (auto s = CheckConfigCpus(next); !s.ok()) return s;
+    if (auto s = CheckModelFormats(next); !s.ok()) return s;
     return ReloadSecurity(previous, next, &authenticator, tls.get(), warnings);
   };
   ConfigReloader reloader(
@@ -435,6 +436,7 @@ int main(int argc, char** argv) {
     Status files = Authenticator::Prepare(c->server.auth, &warnings).status();
     if (files.ok() && c->server.tls) files = LoadTlsMaterial(*c->server.tls, &warnings).status();
     if (files.ok()) files = CheckConfigCpus(*c);  // against this process's CPUs (run it as the service runs)
+    if (files.ok()) files = CheckModelFormats(*c);  // what this build's libtorch can load
     for (const auto& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     if (!files.ok()) {
       std::fprintf(stderr, "%s\n", files.message().c_str());

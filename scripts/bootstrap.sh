@@ -24,7 +24,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   libyaml-cpp-dev libspdlog-dev libcli11-dev catch2 libsystemd-dev prometheus-cpp-dev
-  python3-torch python3-grpcio python3-protobuf python3-numpy python3-yaml
+  python3-torch python3-grpcio python3-protobuf python3-numpy python3-yaml python3-setuptools
   systemd clang gnuplot-nox curl openssl
 )
 missing=()

@@ -49,6 +49,23 @@ CHECKPOINT_FILE = "trunk.ckpt.pt"
 KV = Tuple[Tensor, Tensor]
 
 
+def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor, visible: Tensor, scale: float) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
+
+
+def _attend_explicit(q: Tensor, k: Tensor, v: Tensor, visible: Tensor, scale: float) -> Tensor:
+    att = torch.matmul(q, k.transpose(-2, -1)) * scale
+    att = att.masked_fill(visible.logical_not(), float("-inf"))
+    return torch.matmul(torch.softmax(att, dim=-1), v)
+
+
+# PyTorch 2.x's fused attention (aten::scaled_dot_product_attention, what its own
+# modules and Hugging Face models call) where this PyTorch has it; the same product
+# spelled out on PyTorch 1.x. The scripted trunk calls whichever is bound here, so a
+# trunk saved by PyTorch 2.x needs splitlearnd built on libtorch 2.x.
+attend = _attend_sdpa if hasattr(F, "scaled_dot_product_attention") else _attend_explicit
+
+
 class Block(nn.Module):
     """Pre-LN decoder block: x + attn(ln1(x)); x + mlp(ln2(x)); causal, with a KV cache."""
 
@@ -76,10 +93,7 @@ class Block(nn.Module):
         s = k.size(2)
         # Query i sits at absolute position (s - t + i) and sees keys 0 .. s - t + i.
         visible = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
-        att = torch.matmul(q, k.transpose(-2, -1)) * self.scale
-        att = att.masked_fill(visible.logical_not(), float("-inf"))
-        att = torch.softmax(att, dim=-1)
-        y = torch.matmul(att, v).transpose(1, 2).reshape(b, t, c)
+        y = attend(q, k, v, visible, self.scale).transpose(1, 2).reshape(b, t, c)
         x = x + self.proj(y)
         x = x + self.out(F.gelu(self.fc(self.ln2(x))))
         return x, (k, v)

@@ -2,10 +2,12 @@
 // See torchscript.h.
 #include "manager/torchscript/torchscript.h"
 
+#include "manager/torchscript/aoti_model.h"
+#include "manager/torchscript/convert.h"
+#include "manager/torchscript/errors.h"
 #include "manager/torchscript/optimize.h"
+#include "manager/torchscript/threads.h"
 
-#include <dlfcn.h>
-#include <sched.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -18,6 +20,8 @@
 #include <torch/serialize.h>
 #include <ATen/Parallel.h>
 #include <torch/script.h>
+#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
+#include <torch/csrc/jit/runtime/jit_exception.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -25,142 +29,14 @@
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <mutex>
 #include <random>
 #include <sstream>
-#include <thread>
 
-#include "common/cpus.h"
 
 namespace splitlearnd {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
-
-// ---------------------------------------------------------------- threads
-
-std::once_flag g_threads_once;
-std::atomic<int> g_intra{1};
-std::atomic<int> g_inter{1};
-std::atomic<int> g_blas{0};
-
-// The CPUs the process was started on (systemd's CPUAffinity=, taskset, a cpuset), not
-// every CPU of the host: OpenBLAS's pool is sized to them when no count is set.
-int HardwareThreads() {
-  const size_t n = AllowedCpus().size();
-  return n > 0 ? static_cast<int>(n) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
-// OpenBLAS sizes its own pool at load time; it can be resized through this symbol,
-// which libblas.so.3 exports when the OpenBLAS alternative is selected.
-bool SetBlasThreads(int n) {
-  using Fn = void (*)(int);
-  static const auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (!fn) return false;
-  fn(n);
-  return true;
-}
-
-// OpenBLAS starts its helper threads when it loads, before the daemon can pin anything;
-// openblas_setaffinity() moves helper `i` (the last index is the calling thread itself).
-void PinBlasHelpers(int threads, const std::vector<int>& cpus) {
-  using Fn = int (*)(int, size_t, cpu_set_t*);
-  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_setaffinity"));
-  if (!fn || cpus.empty()) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  for (int c : cpus) CPU_SET(c, &set);
-  for (int i = 0; i + 1 < threads; ++i) fn(i, sizeof set, &set);
-}
-
-// The OpenBLAS thread count for the next multiplies: the device worker switches it
-// between models that set their own (models[].blas_threads). openblas_set_num_threads
-// only stores the number while it does not exceed the threads already started.
-// n <= 0: the process's count (ConfigureTorchThreads', else what OpenBLAS started with).
-void UseBlasThreads(int n) {
-  static std::atomic<int> current{0};
-  static const int initial = OpenBlasThreads();
-  if (n <= 0) n = g_blas.load() > 0 ? g_blas.load() : initial;
-  if (n <= 0 || current.load(std::memory_order_relaxed) == n) return;
-  if (SetBlasThreads(n)) current.store(n, std::memory_order_relaxed);
-}
-
-std::string BlasName() {
-  using Fn = char* (*)();
-  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
-  return fn ? std::string("OpenBLAS ") + fn() : "reference BLAS (OpenBLAS not found: install libopenblas0-pthread)";
-}
-
-// ---------------------------------------------------------------- dtypes
-
-at::ScalarType ToScalarType(DType t) {
-  switch (t) {
-    case DType::kFloat32: return at::kFloat;
-    case DType::kFloat16: return at::kHalf;
-    case DType::kBFloat16: return at::kBFloat16;
-    case DType::kInt64: return at::kLong;
-    case DType::kInt32: return at::kInt;
-    case DType::kBool: return at::kBool;
-  }
-  return at::kFloat;
-}
-
-std::optional<DType> FromScalarType(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kLong: return DType::kInt64;
-    case at::kInt: return DType::kInt32;
-    case at::kBool: return DType::kBool;
-    default: return std::nullopt;
-  }
-}
-
-bool IsFloating(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
-
-// ---------------------------------------------------------------- tensors
-
-// A view over the request's bytes where alignment allows, else one copy.
-at::Tensor ToTensor(const HostTensor& h, const c10::Device& device) {
-  const auto options = at::TensorOptions().dtype(ToScalarType(h.dtype));
-  at::Tensor t;
-  if (reinterpret_cast<uintptr_t>(h.data) % DTypeSize(h.dtype) == 0) {
-    t = torch::from_blob(const_cast<void*>(h.data), h.shape, options);
-  } else {
-    t = torch::empty(h.shape, options);
-    std::memcpy(t.data_ptr(), h.data, h.nbytes);
-  }
-  if (!device.is_cpu()) t = t.to(device);
-  return t;
-}
-
-// The answer's dtype: what the request asked for; else, for floating outputs, the
-// request's floating dtype (float32 for legacy clients); other outputs keep theirs.
-StatusOr<HostTensor> ToHost(at::Tensor t, std::optional<DType> asked, DType request_dtype) {
-  std::optional<DType> out = asked;
-  const auto own = FromScalarType(t.scalar_type());
-  if (!out) {
-    if (at::isFloatingType(t.scalar_type())) {
-      out = IsFloating(request_dtype) ? request_dtype : DType::kFloat32;
-    } else if (own) {
-      out = own;
-    } else {
-      return Internal(std::string("model returned an unsupported dtype ") + c10::toString(t.scalar_type()));
-    }
-  }
-  if (t.scalar_type() != ToScalarType(*out)) t = t.to(ToScalarType(*out));
-  if (!t.device().is_cpu()) t = t.to(at::kCPU);
-  t = t.contiguous();
-  auto holder = std::make_shared<at::Tensor>(std::move(t));
-  HostTensor h;
-  h.dtype = *out;
-  h.shape = holder->sizes().vec();
-  h.data = holder->data_ptr();
-  h.nbytes = holder->nbytes();
-  h.owner = std::move(holder);
-  return h;
-}
 
 // An id the server hands out (session, training forward): a prefix and serial that read
 // well in logs, then 128 random bits, so that nobody can guess another client's id.
@@ -177,33 +53,6 @@ std::string UnguessableId(const char* prefix, uint64_t serial) {
     id += kHex[b & 15];
   }
   return id;
-}
-
-// The line that says what went wrong: the last non-empty one. A TorchScript error puts
-// the interpreter's traceback, with the model's source code, before it.
-std::string CauseLine(const std::string& what) {
-  const size_t end = what.find_last_not_of(" \t\r\n");
-  if (end == std::string::npos) return "";
-  const size_t nl = what.rfind('\n', end);
-  const size_t start = nl == std::string::npos ? 0 : nl + 1;
-  return what.substr(start, end + 1 - start);
-}
-
-// Errors thrown by a model: shape complaints are the caller's fault, the rest is not.
-Status ModelError(const std::string& what) {
-  const std::string cause = CauseLine(what);
-  std::string msg = what.size() > 2000 ? what.substr(0, 2000) + "... " + cause : what;
-  // The input's fault only when the cause says so (not when the traceback's source code
-  // happens to mention a shape), and never for an exception the model raises itself.
-  const bool raised_by_model = what.find("Exception") != std::string::npos;
-  static const char* kShapeHints[] = {"shape", "size mismatch", "must match the size", "cannot be multiplied",
-                                      "dimension", "Expected", "expected", "out of range", "dtype", "scalar type"};
-  for (const char* hint : kShapeHints) {
-    if (!raised_by_model && cause.find(hint) != std::string::npos) {
-      return InvalidArgument("model rejected the input: " + msg);
-    }
-  }
-  return Internal("model failed: " + msg);
 }
 
 // ---------------------------------------------------------------- the model
@@ -261,16 +110,6 @@ int64_t ModuleBytes(const torch::jit::Module& module) {
   for (const auto& p : module.parameters()) bytes += p.nbytes();
   for (const auto& b : module.buffers()) bytes += b.nbytes();
   return bytes;
-}
-
-HostTensor MakeWarmupTensor(const TensorSpec& spec) {
-  at::Tensor t;
-  const auto options = at::TensorOptions().dtype(ToScalarType(spec.dtype));
-  if (IsFloating(spec.dtype)) t = torch::randn(spec.shape, options);
-  else if (spec.dtype == DType::kBool) t = torch::ones(spec.shape, options);
-  else t = torch::zeros(spec.shape, options);
-  auto holder = std::make_shared<at::Tensor>(std::move(t));
-  return HostTensor{spec.dtype, spec.shape, holder->data_ptr(), holder->nbytes(), holder};
 }
 
 class TorchScriptModel final : public Model {
@@ -366,33 +205,7 @@ class TorchScriptModel final : public Model {
   }
 
   Status Warmup(int max_batch_size) const override {
-    if (warmup_.inputs.empty()) return Status::Ok();
-    InferenceRequest warm;
-    warm.compute_dtype = compute_dtype_;  // as the daemon sets it on every request
-    for (const auto& spec : warmup_.inputs) warm.inputs.push_back(NamedTensor{spec.name, MakeWarmupTensor(spec)});
-    // The batches the queue will form: one request, and as many as fill max_batch_size
-    // rows (inputs without a first dimension never merge).
-    int64_t rows = 1;
-    bool mergeable = true;
-    for (const auto& in : warm.inputs) {
-      if (in.tensor.shape.empty() || in.tensor.shape[0] < 1) mergeable = false;
-      else rows = std::max(rows, in.tensor.shape[0]);
-    }
-    std::vector<size_t> sizes{1};
-    const int64_t full = max_batch_size / rows;
-    if (mergeable && full > 1) sizes.push_back(static_cast<size_t>(full));
-    for (size_t n : sizes) {
-      const std::vector<const InferenceRequest*> batch(n, &warm);
-      for (int i = 0; i < warmup_.runs; ++i) {
-        for (auto& r : Run(batch)) {
-          if (!r.ok()) {
-            return Status(r.status().code(), "warmup of '" + id_ + "' (batch of " + std::to_string(n) +
-                                                 ") failed: " + r.status().message());
-          }
-        }
-      }
-    }
-    return Status::Ok();
+    return RunWarmup(*this, warmup_, compute_dtype_, max_batch_size);
   }
 
   StatusOr<InferenceResult> RunOne(const InferenceRequest& request) const {
@@ -403,11 +216,13 @@ class TorchScriptModel final : public Model {
       if (!request.session_id.empty()) return SessionStep(request, inputs);
       KVList past;
       for (const auto& kv : request.past_key_values) {
-        past.emplace_back(Convert(ToTensor(kv.key, device_), request), Convert(ToTensor(kv.value, device_), request));
+        past.emplace_back(ToComputeDtype(ToTensor(kv.key, device_), request), ToComputeDtype(ToTensor(kv.value, device_), request));
       }
       auto out = Forward(request, inputs, past, request.use_cache || !past.empty());
       if (!out.ok()) return out.status();
       return Collect(*out, request, nullptr, true);
+    } catch (const torch::jit::JITException& e) {
+      return ModelError(e.what(), /*raised_by_model=*/true);
     } catch (const c10::Error& e) {
       return ModelError(e.what_without_backtrace());
     } catch (const std::exception& e) {
@@ -488,6 +303,9 @@ class TorchScriptModel final : public Model {
       result.forward_id = request.forward_id;
       result.optimizer_steps = steps_.load();
       return result;
+    } catch (const torch::jit::JITException& e) {
+      if (optimizer_) optimizer_->zero_grad();
+      return ModelError(e.what(), /*raised_by_model=*/true);
     } catch (const c10::Error& e) {
       if (optimizer_) optimizer_->zero_grad();
       return ModelError(e.what_without_backtrace());
@@ -531,15 +349,10 @@ class TorchScriptModel final : public Model {
     SteadyClock::time_point created;
   };
 
-  at::Tensor Convert(at::Tensor t, const InferenceRequest& r) const {
-    if (r.compute_dtype && at::isFloatingType(t.scalar_type())) t = t.to(ToScalarType(*r.compute_dtype));
-    return t;
-  }
-
   std::vector<at::Tensor> Inputs(const InferenceRequest& r, const c10::Device& device) const {
     std::vector<at::Tensor> inputs;
     inputs.reserve(r.inputs.size());
-    for (const auto& in : r.inputs) inputs.push_back(Convert(ToTensor(in.tensor, device), r));
+    for (const auto& in : r.inputs) inputs.push_back(ToComputeDtype(ToTensor(in.tensor, device), r));
     return inputs;
   }
 
@@ -613,7 +426,7 @@ class TorchScriptModel final : public Model {
     Graph graph;
     // Own copies: the graph outlives the request's bytes.
     for (const auto& in : request.inputs) {
-      at::Tensor t = Convert(ToTensor(in.tensor, device_), request).clone();
+      at::Tensor t = ToComputeDtype(ToTensor(in.tensor, device_), request).clone();
       if (at::isFloatingType(t.scalar_type())) t.requires_grad_(true);
       graph.bytes += static_cast<int64_t>(t.nbytes());
       graph.inputs.push_back(t);
@@ -686,27 +499,6 @@ class TorchScriptModel final : public Model {
     return false;
   }
 
-  // Whether `r` can share a forward with `head`: the same inputs (count, names, dtypes,
-  // trailing dimensions), every input of each with the same first dimension, the same
-  // conversions, and no cache, session or training. The queue merges on a hash of
-  // this; checking it here makes a hash collision harmless.
-  static bool SameSignature(const InferenceRequest& head, const InferenceRequest& r) {
-    if (r.use_cache || !r.past_key_values.empty() || !r.session_id.empty() || r.training) return false;
-    if (r.inputs.size() != head.inputs.size() || r.inputs.empty()) return false;
-    if (r.output_dtype != head.output_dtype || r.compute_dtype != head.compute_dtype) return false;
-    const int64_t rows = r.inputs.front().tensor.shape.empty() ? -1 : r.inputs.front().tensor.shape.front();
-    for (size_t i = 0; i < r.inputs.size(); ++i) {
-      const NamedTensor& a = head.inputs[i];
-      const NamedTensor& b = r.inputs[i];
-      if (a.name != b.name || a.tensor.dtype != b.tensor.dtype || b.tensor.shape.empty() ||
-          a.tensor.shape.size() != b.tensor.shape.size() || b.tensor.shape.front() != rows ||
-          !std::equal(a.tensor.shape.begin() + 1, a.tensor.shape.end(), b.tensor.shape.begin() + 1)) {
-        return false;
-      }
-    }
-    return rows >= 1;
-  }
-
   // One forward over the concatenation of compatible requests, split back by rows.
   // Returns false, with nothing added to `results`, when the batch must be served one
   // request at a time instead.
@@ -715,7 +507,7 @@ class TorchScriptModel final : public Model {
     std::vector<int64_t> rows;
     int64_t total = 0;
     for (const auto* r : batch) {
-      if (!SameSignature(head, *r)) return false;
+      if (!Mergeable(head, *r)) return false;
       rows.push_back(r->inputs.front().tensor.shape.front());
       total += rows.back();
     }
@@ -727,7 +519,7 @@ class TorchScriptModel final : public Model {
         parts.reserve(batch.size());
         for (const auto* r : batch) parts.push_back(ToTensor(r->inputs[i].tensor, at::kCPU));
         at::Tensor cat = torch::cat(parts, 0);
-        merged.push_back(Convert(device_.is_cpu() ? cat : cat.to(device_), head));
+        merged.push_back(ToComputeDtype(device_.is_cpu() ? cat : cat.to(device_), head));
       }
       auto out = Forward(head, merged, {}, false);
       if (!out.ok()) return false;
@@ -957,6 +749,7 @@ class TorchScriptLoader final : public ModelLoader {
         return FailedPrecondition("sha256 of " + config.path + " is " + *digest + ", the config pins " + config.sha256);
       }
     }
+    if (IsAotInductorPackage(config.path)) return LoadAotInductorModel(config);
     std::shared_ptr<TorchScriptModel> model;
     // A trained model resumes from its checkpoint, so nothing learnt is lost.
     const std::string& ckpt = config.training.checkpoint_path;
@@ -983,14 +776,14 @@ class TorchScriptLoader final : public ModelLoader {
         spdlog::info("model '{}' resumes from checkpoint {}", config.id, ckpt);
       }
     } catch (const c10::Error& e) {
-      return InvalidArgument("cannot load TorchScript file " + file + ": " + e.what_without_backtrace());
+      return TorchScriptLoadError(file, e.what_without_backtrace());
     } catch (const std::exception& e) {
-      return InvalidArgument("cannot load TorchScript file " + file + ": " + e.what());
+      return TorchScriptLoadError(file, e.what());
     }
     return std::shared_ptr<Model>(std::move(model));
   }
 
-  void InitWorkerThread() override { at::set_num_threads(g_intra.load()); }
+  void InitWorkerThread() override { at::set_num_threads(IntraOpThreads()); }
 };
 
 // ---------------------------------------------------------------- shards
@@ -1024,30 +817,6 @@ std::string TransformerSource(const ShardSpec& s) {
 
 }  // namespace
 
-void ConfigureTorchThreads(const ThreadSettings& settings) {
-  std::call_once(g_threads_once, [&] {
-    g_intra = settings.intra_op_threads > 0 ? settings.intra_op_threads : 1;
-    g_inter = settings.inter_op_threads > 0 ? settings.inter_op_threads : 1;
-    g_blas = settings.blas_threads > 0 ? settings.blas_threads : HardwareThreads();
-    at::set_num_threads(g_intra);
-    try {
-      at::set_num_interop_threads(g_inter);
-    } catch (const c10::Error&) {
-      // The inter-op pool was already started; its size stays.
-    }
-    SetBlasThreads(g_blas);
-    PinBlasHelpers(g_blas, settings.blas_cpus);
-  });
-}
-
-ThreadSettings EffectiveTorchThreads() {
-  ThreadSettings t;
-  t.intra_op_threads = g_intra.load();
-  t.inter_op_threads = g_inter.load();
-  t.blas_threads = g_blas.load();
-  return t;
-}
-
 std::string TorchBuildSummary() {
   std::ostringstream os;
   os << "libtorch " << TORCH_VERSION << ", " << BlasName() << ", CUDA "
@@ -1055,7 +824,20 @@ std::string TorchBuildSummary() {
   return os.str();
 }
 
-std::shared_ptr<ModelLoader> MakeTorchScriptLoader() { return std::make_shared<TorchScriptLoader>(); }
+void DisableTorchScriptFuser() { torch::jit::setTensorExprFuserEnabled(false); }
+
+std::shared_ptr<ModelLoader> MakeTorchScriptLoader() {
+  DisableTorchScriptFuser();
+  return std::make_shared<TorchScriptLoader>();
+}
+
+Status CheckModelFormats(const Config& config) {
+  if (AotInductorAvailable()) return Status::Ok();
+  for (const auto& m : config.models) {
+    if (IsAotInductorPackage(m.path)) return FailedPrecondition("models." + m.id + ": " + AotInductorUnavailableReason());
+  }
+  return Status::Ok();
+}
 
 Status WriteShard(const std::string& path, const ShardSpec& spec) {
   try {

@@ -1,4 +1,5 @@
-// The TorchScript adapter: loads .pt files with libtorch and runs them as Models.
+// The TorchScript adapter: loads .pt files (and .pt2 AOTInductor packages, see
+// aoti_model.h) with libtorch and runs them as Models.
 //
 // This header is libtorch-free on purpose; torchscript.cc (with optimize.h beside it)
 // is the only code of the daemon that includes libtorch (it is slow to compile, and a
@@ -31,7 +32,21 @@ ThreadSettings EffectiveTorchThreads();
 // Short description of the libtorch build (version, BLAS, CUDA availability).
 std::string TorchBuildSummary();
 
+// TorchScript's tensor-expression fuser compiles fused kernels with LLVM while the first
+// requests of a model wait (Debian's libtorch 2.6 does so on the CPU; a 12-step loop
+// of small products took over a minute on the device worker). The daemon never compiles
+// in the request path: MakeTorchScriptLoader turns the fuser off for the process, and
+// bench/inprocess calls this to time what the daemon runs.
+void DisableTorchScriptFuser();
+
+// The loader of the adapter: TorchScript files, and AOTInductor packages (a path that
+// ends in .pt2; aoti_model.h) where this libtorch can load them.
 std::shared_ptr<ModelLoader> MakeTorchScriptLoader();
+
+// FAILED_PRECONDITION naming the first model whose file format this build cannot load
+// (an AOTInductor package on libtorch before 2.6), with what it needs; OK otherwise.
+// --check-config and every reload ask it before anything loads.
+Status CheckModelFormats(const Config& config);
 
 // Demo and benchmark shards written through libtorch, so nothing needs Python.
 struct ShardSpec {

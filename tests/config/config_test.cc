@@ -1,6 +1,6 @@
 #include "config/config.h"
 
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 
 #include <cstdio>
 #include <filesystem>

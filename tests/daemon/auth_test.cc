@@ -1,7 +1,7 @@
 // TokenStore parsing and lookup, and the Unix peer policy (no gRPC server needed).
 #include "daemon/auth.h"
 
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 #include <sys/stat.h>
 #include <unistd.h>
 

@@ -2,7 +2,7 @@
 // loopback with fake models, talked to by real gRPC clients.
 #include "daemon/server.h"
 
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 #include <grpcpp/grpcpp.h>
 
 #include <cstring>

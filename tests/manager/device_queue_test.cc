@@ -1,6 +1,6 @@
 #include "manager/device_queue.h"
 
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 
 #include <pthread.h>
 #include <sched.h>

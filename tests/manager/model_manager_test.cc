@@ -2,7 +2,7 @@
 // load. No gRPC and no libtorch, so ThreadSanitizer can check it.
 #include "manager/model_manager.h"
 
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 #include <unistd.h>
 
 #include <filesystem>

@@ -5,7 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <atomic>
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 #include <thread>
 
 namespace pb = splitlearn::comm;

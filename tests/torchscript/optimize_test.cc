@@ -7,7 +7,7 @@
 // counted by Catch). It is dropped, so that catch.hpp's CHECK is the one used below.
 #include <torch/script.h>
 #undef CHECK
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 
 #include <string>
 

@@ -2,7 +2,7 @@
 // against a plain sum, and the threaded split against the one-thread result.
 #include "manager/torchscript/packed_gemm.h"
 
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 
 #include <algorithm>
 #include <cmath>

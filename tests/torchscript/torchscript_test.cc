@@ -2,7 +2,9 @@
 // WriteShard (no Python needed).
 #include "manager/torchscript/torchscript.h"
 
-#include <catch2/catch.hpp>
+#include "manager/torchscript/aoti_model.h"
+
+#include "tests/support/catch.h"
 
 #include <dlfcn.h>
 
@@ -368,4 +370,52 @@ TEST_CASE("a training forward on a model without training enabled is FAILED_PREC
   auto in = Input({1, 4}, 1);
   in.request.training = true;
   CHECK(model->Run({&in.request})[0].status().code() == StatusCode::kFailedPrecondition);
+}
+
+// A two-layer nn.TransformerEncoder scripted by PyTorch 2.6 (fixtures/make_encoder_trunk.py):
+// its attention calls aten::scaled_dot_product_attention, which libtorch 1.13 lacks.
+TEST_CASE("a TorchScript file from PyTorch 2.x: served on libtorch 2.x, refused in a few words on 1.13") {
+  const std::string file = std::string(SPLITLEARND_FIXTURES) + "/encoder_trunk_torch2.pt";
+  auto loader = MakeTorchScriptLoader();
+  auto m = loader->Load(ModelCfg("enc", file));
+#if SPLITLEARND_TORCH_2
+  REQUIRE(m.ok());
+  auto in = Input({2, 5, 32}, 7);
+  auto out = (*m)->Run({&in.request})[0];
+  REQUIRE(out.ok());
+  CHECK(out->outputs[0].tensor.shape == std::vector<int64_t>{2, 5, 32});
+  for (float v : Floats(out->outputs[0].tensor)) CHECK(std::isfinite(v));
+#else
+  REQUIRE_FALSE(m.ok());
+  const std::string msg = m.status().message();
+  CHECK(m.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(msg, Catch::Contains("aten::scaled_dot_product_attention"));
+  CHECK_THAT(msg, Catch::Contains("written by PyTorch 2.x"));
+  CHECK_THAT(msg, Catch::Contains("libtorch 2.x") && Catch::Contains("docs/building.md"));
+  // One paragraph: none of the TorchScript source libtorch prints after the cause.
+  CHECK(msg.find('\n') == std::string::npos);
+  CHECK(msg.find("<--- HERE") == std::string::npos);
+  CHECK(msg.size() < 600);
+#endif
+}
+
+TEST_CASE("an AOTInductor package on a build that cannot load one is refused, naming the libtorch it needs") {
+  if (!AotInductorAvailable()) {
+    TempDir dir;
+    std::ofstream(dir / "t.pt2") << "not really a package";
+    auto m = MakeTorchScriptLoader()->Load(ModelCfg("t", dir / "t.pt2"));
+    REQUIRE_FALSE(m.ok());
+    CHECK(m.status().code() == StatusCode::kFailedPrecondition);
+    CHECK_THAT(m.status().message(), Catch::Contains("libtorch 2.6"));
+    Config c;
+    c.models.push_back(ModelCfg("t", dir / "t.pt2"));
+    c.models.push_back(ModelCfg("u", dir / "u.pt"));
+    const Status s = CheckModelFormats(c);
+    CHECK(s.code() == StatusCode::kFailedPrecondition);
+    CHECK_THAT(s.message(), Catch::Contains("models.t") && Catch::Contains("libtorch 2.6"));
+  } else {
+    Config c;
+    c.models.push_back(ModelCfg("t", "/nonexistent/t.pt2"));
+    CHECK(CheckModelFormats(c).ok());
+  }
 }
