@@ -33,7 +33,7 @@ rm -f "$WORK"/inprocess.csv "$WORK"/loadgen.csv
 # ENV is "host" or "debian13"; the leg runs bench/torch_versions_leg.sh there.
 leg() {
   local env="$1"; shift
-  echo "== $3"
+  echo "== $2"
   if [[ "$env" == host ]]; then
     "$REPO/bench/torch_versions_leg.sh" "$@"
   else

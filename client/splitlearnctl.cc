@@ -468,7 +468,7 @@ int main(int argc, char** argv) {
     if (!h.ok()) return Fail(h.status());
     std::printf("status:  %s\nmessage: %s\nversion: %s\nuptime:  %.1f s\n", h->status().c_str(), h->message().c_str(),
                 h->version().c_str(), h->uptime_seconds());
-    return h->status() == "healthy" ? 0 : 3;
+    return h->status() == "ok" ? 0 : 3;  // "ok" while serving (docs/protocol.md)
   }
   if (*info) {
     auto i = client.Info();

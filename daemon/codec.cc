@@ -1,5 +1,7 @@
 #include "daemon/codec.h"
 
+#include "daemon/legacy_zlib.h"
+
 #include <algorithm>
 #include <limits>
 
@@ -36,10 +38,12 @@ bool CheckName(const std::string& s, const Limits& limits) { return s.size() <= 
 
 template <typename ShapeField>
 Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype_value, const Limits& limits,
-                    const std::string& what, HostTensor* out) {
+                    const std::string& what, HostTensor* out, WireCodec* codec) {
   auto dtype = WireDType(dtype_value, what);
   if (!dtype.ok()) return dtype.status();
-  if (shape.size() == 0) return InvalidArgument(what + ": shape is missing");
+  // No shape: a scalar, which has one element's bytes (plain or compressed); with no
+  // bytes either there is no tensor at all.
+  if (shape.size() == 0 && bytes.empty()) return InvalidArgument(what + ": shape is missing");
   if (shape.size() > limits.max_rank) {
     return InvalidArgument(what + ": " + std::to_string(shape.size()) + " dimensions, at most " +
                            std::to_string(limits.max_rank) + " allowed");
@@ -47,7 +51,7 @@ Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype
   out->shape.clear();
   out->shape.reserve(shape.size());
   for (auto d : shape) {
-    if (d < 1) return InvalidArgument(what + ": dimension " + std::to_string(d) + " is not positive");
+    if (d < 0) return InvalidArgument(what + ": dimension " + std::to_string(d) + " is negative");
     out->shape.push_back(static_cast<int64_t>(d));
   }
   int64_t elements = 0;
@@ -55,20 +59,29 @@ Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype
     return InvalidArgument(what + ": more than " + std::to_string(limits.max_elements) + " elements");
   }
   const size_t expected = static_cast<size_t>(elements) * DTypeSize(*dtype);
-  if (bytes.size() != expected) {
-    return InvalidArgument(what + ": " + std::to_string(bytes.size()) + " bytes of data, shape and dtype " +
-                           DTypeName(*dtype) + " need " + std::to_string(expected));
-  }
   out->dtype = *dtype;
-  out->data = bytes.data();
-  out->nbytes = bytes.size();
-  return Status::Ok();
+  if (bytes.size() == expected) {
+    out->data = bytes.data();
+    out->nbytes = bytes.size();
+    return Status::Ok();
+  }
+  if (codec && LooksLikeZlib(bytes)) {
+    std::shared_ptr<std::string> inflated;
+    if (auto s = InflateExactly(bytes, expected, what, &inflated); !s.ok()) return s;
+    out->data = inflated->data();
+    out->nbytes = inflated->size();
+    out->owner = std::move(inflated);
+    codec->zlib = true;
+    return Status::Ok();
+  }
+  return InvalidArgument(what + ": " + std::to_string(bytes.size()) + " bytes of data, shape and dtype " +
+                         DTypeName(*dtype) + " need " + std::to_string(expected));
 }
 
 template Status DecodeTensor(const std::string&, const google::protobuf::RepeatedField<int32_t>&, int, const Limits&,
-                             const std::string&, HostTensor*);
+                             const std::string&, HostTensor*, WireCodec*);
 template Status DecodeTensor(const std::string&, const google::protobuf::RepeatedField<int64_t>&, int, const Limits&,
-                             const std::string&, HostTensor*);
+                             const std::string&, HostTensor*, WireCodec*);
 
 StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limits& limits) {
   DecodedCompute out;
@@ -95,7 +108,9 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
   r.inputs.reserve(req.inputs_size() + 1);
   if (has_primary) {
     NamedTensor t;
-    if (auto s = DecodeTensor(req.data(), req.shape(), req.dtype(), limits, "data", &t.tensor); !s.ok()) return s;
+    if (auto s = DecodeTensor(req.data(), req.shape(), req.dtype(), limits, "data", &t.tensor, &out.codec); !s.ok()) {
+      return s;
+    }
     r.inputs.push_back(std::move(t));
   }
   for (int i = 0; i < req.inputs_size(); ++i) {
@@ -116,8 +131,13 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     const auto& e = req.past_key_values(i);
     const std::string what = "past_key_values[" + std::to_string(i) + "]";
     KVPair kv;
-    if (auto s = DecodeTensor(e.key_data(), e.key_shape(), e.dtype(), limits, what + ".key", &kv.key); !s.ok()) return s;
-    if (auto s = DecodeTensor(e.value_data(), e.value_shape(), e.dtype(), limits, what + ".value", &kv.value); !s.ok()) {
+    WireCodec kv_codec;  // the cache may come compressed too; the answer follows `data`
+    if (auto s = DecodeTensor(e.key_data(), e.key_shape(), e.dtype(), limits, what + ".key", &kv.key, &kv_codec);
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = DecodeTensor(e.value_data(), e.value_shape(), e.dtype(), limits, what + ".value", &kv.value, &kv_codec);
+        !s.ok()) {
       return s;
     }
     if (kv.key.shape.size() != 4 || kv.value.shape.size() != 4) {
@@ -141,8 +161,12 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
   // Batching key: requests merge only when every input agrees on name, dtype and
   // trailing dimensions and all inputs share dim 0. Cache and training never merge.
   const bool mergeable = !r.use_cache && r.past_key_values.empty() && !r.training && r.session_id.empty();
-  out.rows = r.inputs.front().tensor.shape.front();
-  if (mergeable) {
+  const auto& first = r.inputs.front().tensor.shape;
+  out.rows = first.empty() ? 0 : first.front();
+  // A scalar or an empty batch runs alone: there is nothing to split it back from.
+  bool rows_split = out.rows > 0;
+  for (const auto& in : r.inputs) rows_split = rows_split && !in.tensor.shape.empty();
+  if (mergeable && rows_split) {
     KeyHasher h;
     h.Add(r.output_dtype ? static_cast<int>(*r.output_dtype) : 0);
     bool same_rows = true;
@@ -178,14 +202,15 @@ Status CopyShape(const std::vector<int64_t>& shape, ShapeField* field) {
 
 }  // namespace
 
-StatusOr<BackwardRequest> DecodeBackward(const pb::BackwardRequest& req, const Limits& limits) {
-  BackwardRequest out;
+StatusOr<DecodedBackward> DecodeBackward(const pb::BackwardRequest& req, const Limits& limits) {
+  DecodedBackward decoded;
+  BackwardRequest& out = decoded.request;
   if (req.forward_id().empty()) return InvalidArgument("forward_id is empty");
   if (!CheckName(req.forward_id(), limits)) return InvalidArgument("forward_id is too long");
   if (req.has_model_id() && !CheckName(req.model_id(), limits)) return InvalidArgument("model_id is too long");
   out.forward_id = req.forward_id();
   if (auto s = DecodeTensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(), limits, "grad_output",
-                            &out.grad_output);
+                            &out.grad_output, &decoded.codec);
       !s.ok()) {
     return s;
   }
@@ -199,13 +224,18 @@ StatusOr<BackwardRequest> DecodeBackward(const pb::BackwardRequest& req, const L
     }
     out.accumulation_steps = req.accumulation_step();
   }
-  return out;
+  return decoded;
 }
 
-Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp) {
+Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp, const WireCodec& codec) {
   if (result.outputs.empty()) return Internal("model returned no output");
+  // The legacy fields in the request's own codec; extension fields are always plain.
+  auto legacy_bytes = [&](std::string* out, const HostTensor& t) {
+    if (codec.zlib) DeflateInto(t.data, t.nbytes, out);
+    else AssignBytes(out, t.data, t.nbytes);
+  };
   const HostTensor& primary = result.outputs.front().tensor;
-  AssignBytes(resp->mutable_data(), primary.data, primary.nbytes);
+  legacy_bytes(resp->mutable_data(), primary);
   if (auto s = CopyShape(primary.shape, resp->mutable_shape()); !s.ok()) return s;
   resp->set_dtype(static_cast<pb::DType>(primary.dtype));
   for (size_t i = 1; i < result.outputs.size(); ++i) {
@@ -218,8 +248,8 @@ Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp) {
   }
   for (const KVPair& kv : result.present_key_values) {
     auto* e = resp->add_present_key_values();
-    AssignBytes(e->mutable_key_data(), kv.key.data, kv.key.nbytes);
-    AssignBytes(e->mutable_value_data(), kv.value.data, kv.value.nbytes);
+    legacy_bytes(e->mutable_key_data(), kv.key);
+    legacy_bytes(e->mutable_value_data(), kv.value);
     if (auto s = CopyShape(kv.key.shape, e->mutable_key_shape()); !s.ok()) return s;
     if (auto s = CopyShape(kv.value.shape, e->mutable_value_shape()); !s.ok()) return s;
     e->set_dtype(static_cast<pb::DType>(kv.key.dtype));
@@ -230,10 +260,11 @@ Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp) {
   return Status::Ok();
 }
 
-Status EncodeBackward(const InferenceResult& result, pb::BackwardResponse* resp) {
+Status EncodeBackward(const InferenceResult& result, pb::BackwardResponse* resp, const WireCodec& codec) {
   if (result.outputs.empty()) return Internal("backward returned no gradient");
   const HostTensor& g = result.outputs.front().tensor;
-  AssignBytes(resp->mutable_grad_input_data(), g.data, g.nbytes);
+  if (codec.zlib) DeflateInto(g.data, g.nbytes, resp->mutable_grad_input_data());
+  else AssignBytes(resp->mutable_grad_input_data(), g.data, g.nbytes);
   if (auto s = CopyShape(g.shape, resp->mutable_grad_input_shape()); !s.ok()) return s;
   resp->set_dtype(static_cast<pb::DType>(g.dtype));
   return Status::Ok();

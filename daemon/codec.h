@@ -23,26 +23,47 @@ struct Limits {
   size_t max_metadata_bytes = 16384;
 };
 
+// How a tensor's bytes may arrive: plain, or (the legacy client's compressed codec) as
+// a zlib stream that inflates to exactly the bytes its shape and dtype need
+// (legacy_zlib.h). Decoding records whether a legacy field came compressed, so that the
+// answer goes back the same way.
+struct WireCodec {
+  bool zlib = false;
+};
+
 struct DecodedCompute {
   InferenceRequest request;
   uint64_t batch_key = 0;  // 0: this request never merges with others
-  int64_t rows = 1;
+  int64_t rows = 1;         // dim 0 of the inputs (0 for a scalar or an empty batch)
+  WireCodec codec;          // how `data` came: the answer is encoded the same way
+};
+
+struct DecodedBackward {
+  BackwardRequest request;
+  WireCodec codec;  // how grad_output came: grad_input goes back the same way
 };
 
 // Validates and decodes a ComputeRequest (fields 1-15 plus extensions).
 StatusOr<DecodedCompute> DecodeCompute(const splitlearn::comm::ComputeRequest& req, const Limits& limits);
 
 // Validates and decodes a BackwardRequest (the training settings are the caller's).
-StatusOr<BackwardRequest> DecodeBackward(const splitlearn::comm::BackwardRequest& req, const Limits& limits);
+StatusOr<DecodedBackward> DecodeBackward(const splitlearn::comm::BackwardRequest& req, const Limits& limits);
 
-// Fills data/shape/dtype, extra outputs, present_key_values and the ids of `resp`.
-Status EncodeCompute(const InferenceResult& result, splitlearn::comm::ComputeResponse* resp);
-// Fills the input gradient of `resp` from outputs[0].
-Status EncodeBackward(const InferenceResult& result, splitlearn::comm::BackwardResponse* resp);
+// Fills data/shape/dtype, extra outputs, present_key_values and the ids of `resp`;
+// with codec.zlib, `data` and the cache's bytes are zlib streams, as the request's were.
+Status EncodeCompute(const InferenceResult& result, splitlearn::comm::ComputeResponse* resp,
+                     const WireCodec& codec = {});
+// Fills the input gradient of `resp` from outputs[0] (zlib-compressed with codec.zlib).
+Status EncodeBackward(const InferenceResult& result, splitlearn::comm::BackwardResponse* resp,
+                      const WireCodec& codec = {});
 
-// Validates one raw tensor of the wire. `what` names it in error messages.
+// Validates one raw tensor of the wire. `what` names it in error messages. An empty
+// shape with the bytes of one element is a scalar (rank 0); dimensions of size 0 are
+// valid (no bytes). With `codec` (the legacy fields), bytes that do not match the
+// shape but are a zlib stream of exactly the bytes it needs are inflated (the tensor
+// then owns them) and codec->zlib is set.
 template <typename ShapeField>
 Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype_value, const Limits& limits,
-                    const std::string& what, HostTensor* out);
+                    const std::string& what, HostTensor* out, WireCodec* codec = nullptr);
 
 }  // namespace splitlearnd

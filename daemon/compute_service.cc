@@ -140,8 +140,8 @@ void ApplyRouteSettings(const Route& route, InferenceRequest* r) {
 }
 
 Status FillCompute(const pb::ComputeRequest* req, pb::ComputeResponse* resp, const InferenceResult& result,
-                   const JobTiming& timing) {
-  if (auto s = EncodeCompute(result, resp); !s.ok()) return s;
+                   const JobTiming& timing, const WireCodec& codec) {
+  if (auto s = EncodeCompute(result, resp, codec); !s.ok()) return s;
   if (req->has_request_id()) resp->set_request_id(req->request_id());
   resp->set_compute_time_ms(static_cast<float>(Ms(timing.finished - timing.started)));
   resp->set_queue_time_ms(static_cast<float>(Ms(timing.started - timing.enqueued)));
@@ -211,8 +211,8 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::Compute(grpc::CallbackServerContex
   job->rows = decoded->rows;
   job->max_batch_size = route->config.batching.max_batch_size;
   job->max_delay_us = route->config.batching.max_delay_us;
-  call->Enqueue(*route, std::move(job), [req, resp](const InferenceResult& r, const JobTiming& t) {
-    return FillCompute(req, resp, r, t);
+  call->Enqueue(*route, std::move(job), [req, resp, codec = decoded->codec](const InferenceResult& r, const JobTiming& t) {
+    return FillCompute(req, resp, r, t, codec);
   });
   return call;
 }
@@ -234,11 +234,12 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::ComputeBackward(grpc::CallbackServ
     call->Done(decoded.status(), nullptr);
     return call;
   }
-  decoded->training_config = route->config.training;
+  decoded->request.training_config = route->config.training;
+  const WireCodec codec = decoded->codec;
   auto job = std::make_unique<Job>();
-  job->custom = [backward = std::move(decoded.value())](const Model& m) { return m.Backward(backward); };
-  call->Enqueue(*route, std::move(job), [req, resp](const InferenceResult& r, const JobTiming& t) {
-    if (auto s = EncodeBackward(r, resp); !s.ok()) return s;
+  job->custom = [backward = std::move(decoded->request)](const Model& m) { return m.Backward(backward); };
+  call->Enqueue(*route, std::move(job), [req, resp, codec](const InferenceResult& r, const JobTiming& t) {
+    if (auto s = EncodeBackward(r, resp, codec); !s.ok()) return s;
     resp->set_forward_id(req->forward_id());
     resp->set_backward_time_ms(static_cast<float>(Ms(t.finished - t.started)));
     return Status::Ok();
@@ -389,7 +390,8 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
       }
       if (!result.ok()) return End(result.status());
       resp_.Clear();
-      if (auto s = FillCompute(&req_, &resp_, *result, timing); !s.ok()) return End(s);
+      // Generate is an extension: its answers are plain whatever a step's bytes were.
+      if (auto s = FillCompute(&req_, &resp_, *result, timing, WireCodec{}); !s.ok()) return End(s);
       StartWrite(&resp_);
     };
     Status queued = route_->queue->TryEnqueue(job);
@@ -487,8 +489,11 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::HealthCheck(grpc::CallbackServerCo
     }
   }
   const bool healthy = !gate_.closed() && ready > 0;
-  resp->set_status(healthy ? "healthy" : "unhealthy");
-  std::string msg = gate_.closed() ? "draining; " : "";
+  // "ok" is what the reference client's health_check() compares with; the message
+  // says "healthy" or not for people (docs/protocol.md).
+  resp->set_status(healthy ? "ok" : "unhealthy");
+  std::string msg = healthy ? "healthy: " : "unhealthy: ";
+  if (gate_.closed()) msg += "draining; ";
   msg += std::to_string(ready) + "/" + std::to_string(total) + " models ready";
   if (!problems.empty()) msg += " (" + problems + ")";
   resp->set_message(msg);

@@ -40,11 +40,18 @@ struct KVPair {
   HostTensor value;
 };
 
-// Checked element count of `shape`: false on a dimension < 1 or overflow past `max_elements`.
+// Checked element count of `shape` (1 for a scalar, 0 with a dimension of 0): false on
+// a negative dimension or a count past `max_elements`.
 inline bool CheckedNumElements(const std::vector<int64_t>& shape, int64_t max_elements, int64_t* out) {
-  int64_t n = 1;
+  bool empty = false;  // a dimension of 0: no elements, whatever the others say
   for (int64_t d : shape) {
-    if (d < 1 || n > max_elements / d) return false;
+    if (d < 0) return false;
+    empty = empty || d == 0;
+  }
+  int64_t n = empty ? 0 : 1;  // a scalar (no dimensions) has one element
+  for (int64_t d : shape) {
+    if (empty) break;
+    if (n > max_elements / d) return false;
     n *= d;
   }
   *out = n;

@@ -23,7 +23,7 @@ packages=(
   build-essential cmake pkg-config ccache
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
-  libyaml-cpp-dev libspdlog-dev libcli11-dev catch2 libsystemd-dev prometheus-cpp-dev
+  libyaml-cpp-dev libspdlog-dev libcli11-dev catch2 libsystemd-dev prometheus-cpp-dev zlib1g-dev
   python3-torch python3-grpcio python3-protobuf python3-numpy python3-yaml python3-setuptools
   systemd clang gnuplot-nox curl openssl
 )

@@ -90,9 +90,14 @@ def _generate(client: SplitLearnClient, model: g.GPT2, prompt: torch.Tensor, new
 
 
 def generate_legacy(client: SplitLearnClient, model: g.GPT2, prompt: torch.Tensor, new_tokens: int,
-                    model_id: str) -> Generation:
-    """(a) The legacy KV cache: past_key_values out, present_key_values back, every step."""
+                    model_id: str, empty_first_cache: bool = False) -> Generation:
+    """(a) The legacy KV cache: past_key_values out, present_key_values back, every step.
+    With `empty_first_cache` the first step already sends a cache: one (key, value) pair
+    per trunk layer, each of sequence length 0, as clients that always send one do."""
     cache: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    if empty_first_cache:
+        empty = torch.zeros(prompt.size(0), g.HEADS, 0, g.HIDDEN // g.HEADS)
+        cache = [(empty, empty) for _ in range(len(model.trunk.blocks))]
     held: List[int] = []
 
     def run_trunk(h):

@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -97,7 +97,7 @@ class FakeService final : public pb::ComputeService::Service {
         authorization_.emplace_back(it->second.data(), it->second.size());
       }
     }
-    resp->set_status("healthy");
+    resp->set_status("ok");
     return grpc::Status::OK;
   }
 

@@ -1,6 +1,8 @@
 #include "daemon/codec.h"
 
-#include <catch2/catch.hpp>
+#include "tests/support/catch.h"
+
+#include <zlib.h>
 
 using namespace splitlearnd;
 namespace pb = splitlearn::comm;
@@ -39,8 +41,8 @@ TEST_CASE("malformed tensors are INVALID_ARGUMENT with a message") {
     CHECK_THAT(d.status().message(), Catch::Contains(needle));
   };
   expect_invalid(Floats({2, 3}, 5), "bytes");
-  expect_invalid(Floats({2, 0}, 0), "not positive");
-  expect_invalid(Floats({-1, 3}, 3), "not positive");
+  expect_invalid(Floats({2, 0}, 1), "bytes");
+  expect_invalid(Floats({-1, 3}, 3), "negative");
   expect_invalid(Floats({1, 1, 1, 1, 1, 1, 1, 1, 1}, 1), "dimensions");
   expect_invalid(Floats({1001}, 1001), "elements");
   expect_invalid(Floats({2147483647, 2147483647}, 1), "elements");  // no overflow
@@ -48,8 +50,106 @@ TEST_CASE("malformed tensors are INVALID_ARGUMENT with a message") {
   auto bad_dtype = Floats({1}, 1);
   bad_dtype.set_dtype(static_cast<pb::DType>(99));
   expect_invalid(bad_dtype, "dtype");
-  auto no_shape = Floats({}, 1);
-  expect_invalid(no_shape, "shape");
+  expect_invalid(Floats({}, 2), "bytes");  // no shape: a scalar, which has one element
+  pb::ComputeRequest neither;
+  neither.add_inputs()->set_name("x");
+  expect_invalid(neither, "shape is missing");
+}
+
+TEST_CASE("scalars and dimensions of size 0 are tensors as PyTorch has them") {
+  auto scalar = DecodeCompute(Floats({}, 1), Limits{});
+  REQUIRE(scalar.ok());
+  CHECK(scalar->request.inputs[0].tensor.shape.empty());
+  CHECK(scalar->request.inputs[0].tensor.nbytes == 4);
+  CHECK(scalar->rows == 0);
+  CHECK(scalar->batch_key == 0);  // nothing to split a merged batch by
+  for (std::vector<int32_t> shape : {std::vector<int32_t>{0}, {0, 768}, {3, 0, 5}}) {
+    auto empty = DecodeCompute(Floats(shape, 0), Limits{});
+    REQUIRE(empty.ok());
+    CHECK(empty->request.inputs[0].tensor.nbytes == 0);
+    // Zero rows never merge; three rows of nothing merge like any three rows.
+    CHECK((empty->batch_key == 0) == (shape[0] == 0));
+    CHECK(empty->rows == shape[0]);
+  }
+}
+
+namespace {
+
+std::string Zlib(const std::string& raw) {
+  uLongf n = compressBound(static_cast<uLong>(raw.size()));
+  std::string out(n, '\0');
+  compress2(reinterpret_cast<Bytef*>(out.data()), &n, reinterpret_cast<const Bytef*>(raw.data()),
+            static_cast<uLong>(raw.size()), 6);
+  out.resize(n);
+  return out;
+}
+
+std::string Inflate(const std::string& z, size_t n) {
+  std::string out(n, '\0');
+  uLongf got = static_cast<uLongf>(n);
+  REQUIRE(uncompress(reinterpret_cast<Bytef*>(out.data()), &got, reinterpret_cast<const Bytef*>(z.data()),
+                     static_cast<uLong>(z.size())) == Z_OK);
+  REQUIRE(got == n);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the legacy zlib codec: exact inflation in, compressed answers out") {
+  std::vector<float> values(100);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i) * 0.5f;
+  const std::string raw(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+  pb::ComputeRequest r;
+  r.add_shape(10);
+  r.add_shape(10);
+  r.set_data(Zlib(raw));
+  auto d = DecodeCompute(r, Limits{});
+  REQUIRE(d.ok());
+  CHECK(d->codec.zlib);
+  const HostTensor& t = d->request.inputs[0].tensor;
+  REQUIRE(t.nbytes == raw.size());
+  CHECK(std::string(static_cast<const char*>(t.data), t.nbytes) == raw);
+  CHECK(t.owner != nullptr);  // the inflated bytes outlive the message's
+
+  InferenceResult res;
+  res.outputs.push_back(NamedTensor{"out", t});
+  res.present_key_values.push_back(KVPair{t, t});
+  pb::ComputeResponse resp;
+  REQUIRE(EncodeCompute(res, &resp, d->codec).ok());
+  CHECK(Inflate(resp.data(), raw.size()) == raw);
+  CHECK(Inflate(resp.present_key_values(0).key_data(), raw.size()) == raw);
+  pb::ComputeResponse plain;
+  REQUIRE(EncodeCompute(res, &plain).ok());
+  CHECK(plain.data() == raw);
+
+  auto invalid = [&](const std::string& data, const char* needle) {
+    pb::ComputeRequest bad = r;
+    bad.set_data(data);
+    auto b = DecodeCompute(bad, Limits{});
+    REQUIRE_FALSE(b.ok());
+    CHECK(b.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(b.status().message(), Catch::Contains(needle));
+  };
+  invalid(Zlib(raw + "x"), "inflates past the 400 bytes");
+  invalid(Zlib(raw.substr(1)), "inflates to 399 bytes");
+  invalid(Zlib(raw) + "trailing", "bytes follow the end");
+  invalid(Zlib(raw).substr(0, 20), "data");
+  invalid(std::string("\x78\x9c") + std::string(30, '\x55'), "data");
+  // A stream of a much larger payload stops one byte past what the shape needs.
+  invalid(Zlib(std::string(64 << 20, '\0')), "inflates past the 400 bytes");
+
+  pb::BackwardRequest br;
+  br.set_forward_id("f");
+  br.add_grad_output_shape(100);
+  br.set_grad_output_data(Zlib(raw));
+  auto bd = DecodeBackward(br, Limits{});
+  REQUIRE(bd.ok());
+  CHECK(bd->codec.zlib);
+  InferenceResult grad;
+  grad.outputs.push_back(NamedTensor{"grad_input", bd->request.grad_output});
+  pb::BackwardResponse bresp;
+  REQUIRE(EncodeBackward(grad, &bresp, bd->codec).ok());
+  CHECK(Inflate(bresp.grad_input_data(), raw.size()) == raw);
 }
 
 TEST_CASE("dtype sizes are checked per dtype") {

@@ -3,8 +3,8 @@
 //
 // The first byte picks the message type; the rest is the serialized message. Beyond
 // "no crash", every request that decodes is checked for the promises the codec makes:
-// each tensor's bytes match its shape and dtype, lie inside the request, and stay
-// within the limits.
+// each tensor's bytes match its shape and dtype, lie inside the request (or, inflated
+// from a zlib stream, in memory the tensor owns), and stay within the limits.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -38,10 +38,10 @@ Limits SmallLimits() {
 
 // The tensor must describe exactly the bytes it points at, inside [lo, hi).
 void CheckTensor(const HostTensor& t, const Limits& limits) {
-  if (t.shape.empty() || static_cast<int>(t.shape.size()) > limits.max_rank) Broken("rank");
-  int64_t n = 1;
+  if (static_cast<int>(t.shape.size()) > limits.max_rank) Broken("rank");
+  int64_t n = 1;  // a scalar (rank 0) has one element
   for (int64_t d : t.shape) {
-    if (d < 1) Broken("dimension below 1");
+    if (d < 0) Broken("negative dimension");
     n *= d;
     if (n > limits.max_elements) Broken("element count over the limit");
   }
@@ -91,7 +91,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       CheckTensor(kv.key, limits);
       CheckTensor(kv.value, limits);
     }
-    if (decoded->rows < 1) Broken("rows");
+    if (decoded->rows < 0) Broken("rows");
+    if (decoded->batch_key != 0 && decoded->rows < 1) Broken("an empty or scalar request may merge");
     if (r.session_id.size() > limits.max_id_bytes) Broken("session id length");
   } else {
     splitlearn::comm::BackwardRequest req;
@@ -101,8 +102,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (decoded.status().message().empty()) Broken("refusal without a message");
       return 0;
     }
-    if (decoded->forward_id.empty() || decoded->forward_id.size() > limits.max_id_bytes) Broken("forward id");
-    CheckTensor(decoded->grad_output, limits);
+    const auto& b = decoded->request;
+    if (b.forward_id.empty() || b.forward_id.size() > limits.max_id_bytes) Broken("forward id");
+    CheckTensor(b.grad_output, limits);
   }
   return 0;
 }

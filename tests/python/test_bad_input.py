@@ -233,7 +233,7 @@ class BadInputTest(DaemonTestCase):
         self.assertEqual(int(after.custom_info["failed_requests"]) - int(before.custom_info["failed_requests"]), 1)
         self.assertEqual(after.total_requests - before.total_requests, 2)
         health = self.stub.HealthCheck(compute_pb2.HealthRequest(), timeout=30)
-        self.assertEqual(health.status, "healthy")
+        self.assertEqual(health.status, "ok")
         self.assertDaemonAlive()
 
 

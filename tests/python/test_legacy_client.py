@@ -80,7 +80,8 @@ class LegacyClientTest(DaemonTestCase):
 
     def test_health_check(self):
         h = self.client.health()
-        self.assertEqual(h.status, "healthy")
+        self.assertEqual(h.status, "ok")  # what the reference client compares with
+        self.assertTrue(h.message.startswith("healthy: "), h.message)
         self.assertNotEqual(h.version, "")
         self.assertTrue(h.HasField("uptime_seconds"))
         self.assertGreater(h.uptime_seconds, 0.0)

@@ -262,7 +262,7 @@ class TlsAndTokens(SecurityTest):
                     call(req, timeout=TIMEOUT)
                 self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
             self.assertEqual(stub.HealthCheck(pb.HealthRequest(), metadata=bearer(APP_TOKEN), timeout=TIMEOUT).status,
-                             "healthy")
+                             "ok")
             stream = stub.Generate(iter([request]), timeout=TIMEOUT)
             with self.assertRaises(grpc.RpcError) as ctx:
                 list(stream)

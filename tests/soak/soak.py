@@ -449,7 +449,7 @@ class Client(threading.Thread):
         what = self.rng.choice(["HealthCheck", "GetServiceInfo", "health.v1", "health.v1 model"])
         if what == "HealthCheck":
             code, resp, details = self.call(self.stub.HealthCheck, pb.HealthRequest())
-            if self.record("health legacy", code, (OK,), details) and resp.status != "healthy":
+            if self.record("health legacy", code, (OK,), details) and resp.status != "ok":
                 self.tally.unexpected[("health legacy", resp.status)] += 1
                 self.tally.note(f"{self.name} HealthCheck: {resp.status} {resp.message}")
         elif what == "GetServiceInfo":

@@ -265,6 +265,10 @@ class SplitInferenceTest(DaemonCase):
                 self.assertEqual(gen.tokens, want, f"{gen.mode} generation differs from the whole model")
                 self.assertEqual(gen.session_tokens, expected_held,
                                  f"{gen.mode}: cache length the server reports after each step")
+        with self.subTest(mode="legacy, the first step with an empty cache"):
+            gen = demo.generate_legacy(self.client, self.model, prompt, NEW_TOKENS, self.INFER, empty_first_cache=True)
+            self.assertEqual(gen.tokens, want, "legacy generation from an empty cache differs from the whole model")
+            self.assertEqual(gen.session_tokens, expected_held)
         if "legacy" in results and "session" in results:
             a, b = results["legacy"].bytes_per_token, results["session"].bytes_per_token
             print(f"[2] bytes sent per generated token: (a) legacy {a:.0f}, (b) session {b:.0f}, ratio {a / b:.1f}x")

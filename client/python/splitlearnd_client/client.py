@@ -307,7 +307,7 @@ class Client:
                               forward_id=resp.forward_id, backward_time_ms=resp.backward_time_ms)
 
     def health(self, *, timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None):
-        """The legacy HealthCheck: a HealthResponse (status "healthy" or "unhealthy")."""
+        """The legacy HealthCheck: a HealthResponse (status "ok" while serving, "unhealthy" otherwise; the message says which and why)."""
         return self._call("HealthCheck", pb.HealthRequest(), pb.HealthResponse, timeout, retry)
 
     def info(self, *, timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None):

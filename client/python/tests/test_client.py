@@ -165,7 +165,7 @@ class ClientAgainstDaemon(unittest.TestCase):
                 client.compute(torch.randn(1, DIM + 1), model_id="trunk")  # wrong width for the Linear
             self.assertIn(caught.exception.code, (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL))
             client.compute(torch.randn(1, DIM), model_id="trunk")
-            self.assertEqual(client.health().status, "healthy")
+            self.assertEqual(client.health().status, "ok")
             stats = client.stats
             self.assertEqual((stats.calls, stats.retries, stats.failures), (4, 0, 2))
             self.assertGreater(stats.latency_sum_s, 0)
