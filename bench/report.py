@@ -754,13 +754,26 @@ def main():
     w(re.sub(r"127\.0\.0\.1:[1-9][0-9]*", "ADDR", cmds))
     w("```")
     w("")
+    # Sections measured by other scripts (bench/torch_versions.sh) follow a marker line
+    # in the document; a new report keeps them.
+    kept = ""
+    if os.path.exists(a.doc):
+        old = open(a.doc).read()
+        at = old.find(KEPT_MARKER)
+        if at >= 0:
+            kept = old[at:]
     with open(a.doc, "w") as f:
         f.write("\n".join(L))
+        if kept:
+            f.write("\n" + kept)
     for name in ("loadgen.csv", "inprocess.csv", "server.csv", "memory.csv"):
         src = os.path.join(a.work, name)
         if os.path.exists(src):
             shutil.copy(src, os.path.join(a.plots, name))
     print(f"report.py: wrote {a.doc} and {len(plots)} plot(s)")
+
+
+KEPT_MARKER = "<!-- Sections below are measured by other scripts; bench/run.sh keeps them. -->"
 
 
 if __name__ == "__main__":

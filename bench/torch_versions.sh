@@ -37,7 +37,9 @@ leg() {
   if [[ "$env" == host ]]; then
     "$REPO/bench/torch_versions_leg.sh" "$@"
   else
-    "$REPO/scripts/debian13.sh" exec bench/torch_versions_leg.sh "$@"
+    # The root starts with a clean environment: the settings go in by name.
+    "$REPO/scripts/debian13.sh" exec env WORK="$WORK" DURATION_S="$DURATION_S" INPROC_S="$INPROC_S" SHAPE="$SHAPE" \
+      bench/torch_versions_leg.sh "$@"
   fi
 }
 export WORK DURATION_S INPROC_S SHAPE
