@@ -421,7 +421,7 @@ def main():
         w("daemon: " + sinfo["torch"])
     w("```")
     w("")
-    w("## The issue's checks")
+    w("## The checks")
     w("")
     w("| # | check | measured | target | met |")
     w("|---|---|---|---|---|")

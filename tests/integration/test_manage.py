@@ -1,5 +1,4 @@
-"""The management service and splitlearnctl (issue 3, "Show it" 5 and 6, and the
-commands an operator uses).
+"""The management service and splitlearnctl (the commands an operator uses).
 
 - LoadModel with "..", an absolute path outside model_root, or a symlink leading out
   of it is refused (INVALID_ARGUMENT / PERMISSION_DENIED) and loads nothing.

@@ -1,4 +1,4 @@
-"""systemd's notification protocol (issue 3, "Show it" 3).
+"""systemd's notification protocol.
 
 The test plays systemd: it binds a Unix datagram socket, starts splitlearnd with
 NOTIFY_SOCKET pointing at it and a watchdog (WATCHDOG_USEC, and WATCHDOG_PID set to

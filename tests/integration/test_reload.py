@@ -1,4 +1,4 @@
-"""Hot reload under load (issue 3, "Show it" 1 and 2).
+"""Hot reload under load.
 
 While 8 clients keep sending requests, the config is edited to (a) add a model,
 (b) change a model to a new version, (c) remove a model and (d) become invalid.

@@ -1,4 +1,4 @@
-"""The systemd unit (issue 3, "Show it" 4): `systemd-analyze verify` accepts it and
+"""The systemd unit: `systemd-analyze verify` accepts it and
 `systemd-analyze security` scores it 2.5 or lower.
 
 The unit tested is the one the build configured (SPLITLEARND_UNIT_FILE). verify

@@ -1,4 +1,4 @@
-"""Issue 2, "Show it" 4: malformed requests get the status SPEC.md's table names, with
+"""Malformed requests get the status docs/protocol.md's table names, with
 a message, and neither crash the daemon nor disturb the next request."""
 import os
 import unittest
@@ -155,7 +155,7 @@ class BadInputTest(DaemonTestCase):
         self.assertStatus(self.request(x.tobytes(), x.shape, dtype=compute_pb2.DTYPE_FLOAT16), INVALID_ARGUMENT)
 
     def test_dtype_the_model_cannot_take(self):
-        # int64 is a valid wire dtype, but this float model cannot multiply it. SPEC.md's
+        # int64 is a valid wire dtype, but this float model cannot multiply it. docs/protocol.md's
         # table lists "bad dtype" under INVALID_ARGUMENT and "anything else the model
         # throws" under INTERNAL; either reading is accepted here, a crash or OK is not.
         ids = np.arange(2 * 768, dtype=np.int64).reshape(2, 768)

@@ -1,4 +1,4 @@
-"""Issue 2, "Show it" 2: an unmodified legacy client gets the same numbers from
+"""An unmodified legacy client gets the same numbers from
 splitlearnd as running the same TorchScript file in-process with PyTorch."""
 import os
 import time

@@ -41,7 +41,7 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
 
-RSS_LIMIT_PERCENT = 5.0     # the criterion: growth after the first minute under 5%
+RSS_LIMIT_PERCENT = 5.0     # the criterion: growth after the first minute under 5%
 RSS_BASELINE_S = 60.0
 RSS_JUDGED_FROM_S = 120.0   # shortest run on which the growth is judged
 VALID_TIMEOUT_S = 60.0      # deadline of every call that is expected to succeed

@@ -1,4 +1,4 @@
-"""Issue 4, "Show it": the split-learning example (examples/python) against the real
+"""The split-learning example (examples/python) against the real
 splitlearnd, checked against PyTorch in this process.
 
 ctest sets SPLITLEARND_BIN, SPLITLEARND_PY_STUBS and SPLITLEARND_SOURCE_DIR (see
