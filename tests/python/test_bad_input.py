@@ -107,8 +107,9 @@ class BadInputTest(DaemonTestCase):
         self.assertStatus(self.request(f32([2, 768]).tobytes(), [-2, -768]), INVALID_ARGUMENT)
 
     def test_zero_dimension(self):
-        self.assertStatus(self.request(b"", [0, 768]), INVALID_ARGUMENT)
+        # A dimension of 0 is a tensor of no elements, as PyTorch has it: no bytes.
         self.assertStatus(self.request(b"\0\0\0\0", [0, 768]), INVALID_ARGUMENT)
+        self.assertStatus(self.request(b"\0\0\0\0", [4, 0]), INVALID_ARGUMENT)
 
     def test_huge_dimensions(self):
         big = 2 ** 31 - 1

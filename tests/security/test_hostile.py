@@ -93,12 +93,15 @@ class HostileRequests(unittest.TestCase):
 
     def test_dimensions(self):
         self.assertCode(OK, fx.float_request([1, 1]), "dims of 1")
-        bad = [pb.ComputeRequest(data=b"", shape=[0, 4]),
-               pb.ComputeRequest(data=b"", shape=[4, 0]),
+        # Dimensions of 0 are tensors with no elements (docs/protocol.md): with bytes they
+        # are refused; an empty shape is a scalar, which has exactly one element's bytes.
+        bad = [pb.ComputeRequest(data=floats(1), shape=[0, 4]),
+               pb.ComputeRequest(data=floats(1), shape=[4, 0]),
                pb.ComputeRequest(data=floats(4), shape=[-1, -4]),
                pb.ComputeRequest(data=floats(4), shape=[-2147483648, 4]),
-               pb.ComputeRequest(data=floats(4), shape=[])]
-        self.assertNoRuns(bad, "dimension below 1")
+               pb.ComputeRequest(data=floats(4), shape=[]),
+               pb.ComputeRequest(data=floats(1)[:2], shape=[])]
+        self.assertNoRuns(bad, "dimension below 0 or bytes that do not fit it")
 
     def test_element_count(self):
         self.assertCode(OK, fx.float_request([1, MAX_ELEMENTS]), "exactly max_tensor_elements")
@@ -211,7 +214,7 @@ class HostileRequests(unittest.TestCase):
                req([kv([1, 2, 3, 4], [1, 2, 3, 4], key_bytes=floats(23))]),
                req([kv([1, 2, 3, 4], [1, 2, 3, 4], value_bytes=floats(24) + b"\0")]),
                req([kv([1, 2, 3, 4], [1, 2, 3, 4], dtype=42)]),
-               req([kv([1, 2, 3, 0], [1, 2, 3, 0], b"", b"")]),
+               req([kv([1, 2, 3, 0], [1, 2, 3, 0], floats(1), b"")]),  # no elements, 4 bytes
                req([kv([1, 1, 1, 1], [1, 1, 1, 1])] * 1025),        # one entry over the count limit
                fx.float_request([1, 1, 8], past_key_values=[good], session_id="s")]  # session and KV
         self.assertNoRuns(bad, "past_key_values")
