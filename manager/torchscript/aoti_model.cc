@@ -202,11 +202,7 @@ class AotiModel final : public Model {
     const InferenceRequest& head = *batch.front();
     std::vector<int64_t> rows;
     int64_t total = 0;
-    for (const auto* r : batch) {
-      if (!Mergeable(head, *r)) return false;
-      rows.push_back(r->inputs.front().tensor.shape.front());
-      total += rows.back();
-    }
+    if (!MergedRows(batch, &rows, &total)) return false;
     if (total > max_rows_) return false;
     std::vector<std::vector<const NamedTensor*>> ordered;
     for (const auto* r : batch) {

@@ -93,6 +93,17 @@ bool Mergeable(const InferenceRequest& head, const InferenceRequest& r) {
   return rows >= 1;
 }
 
+bool MergedRows(const std::vector<const InferenceRequest*>& batch, std::vector<int64_t>* rows, int64_t* total) {
+  rows->clear();
+  *total = 0;
+  for (const InferenceRequest* r : batch) {
+    if (!Mergeable(*batch.front(), *r)) return false;
+    rows->push_back(r->inputs.front().tensor.shape.front());
+    *total += rows->back();
+  }
+  return true;
+}
+
 at::Tensor ToComputeDtype(at::Tensor t, const InferenceRequest& r) {
   if (r.compute_dtype && at::isFloatingType(t.scalar_type())) t = t.to(ToScalarType(*r.compute_dtype));
   return t;

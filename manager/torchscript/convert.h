@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "manager/model.h"
@@ -29,6 +30,10 @@ StatusOr<HostTensor> ToHost(at::Tensor t, std::optional<DType> asked, DType requ
 // 1), the same conversions, and no cache, session or training. The queue merges on a
 // hash of this; models check it again, so that a hash collision is harmless.
 bool Mergeable(const InferenceRequest& head, const InferenceRequest& r);
+
+// Whether the whole batch can share one forward (Mergeable with its first request);
+// then each request's rows, in order, and their sum.
+bool MergedRows(const std::vector<const InferenceRequest*>& batch, std::vector<int64_t>* rows, int64_t* total);
 
 // Floating tensors are converted to the request's compute_dtype, when it sets one.
 at::Tensor ToComputeDtype(at::Tensor t, const InferenceRequest& r);

@@ -506,11 +506,7 @@ class TorchScriptModel final : public Model {
     const InferenceRequest& head = *batch.front();
     std::vector<int64_t> rows;
     int64_t total = 0;
-    for (const auto* r : batch) {
-      if (!Mergeable(head, *r)) return false;
-      rows.push_back(r->inputs.front().tensor.shape.front());
-      total += rows.back();
-    }
+    if (!MergedRows(batch, &rows, &total)) return false;
     try {
       c10::InferenceMode guard;
       std::vector<at::Tensor> merged;

@@ -78,6 +78,21 @@ def batches_run(address):
         client.close()
 
 
+def assert_alone(test, row_counts, seed, tolerance):
+    """One request at a time from a legacy client: each answer has the shape and values
+    of PyTorch's eager forward of the trunk."""
+    rng = np.random.default_rng(seed)
+    client = LegacyClient(test.daemon.address)
+    try:
+        for rows in row_counts:
+            x = rng.standard_normal((rows, SEQ, HIDDEN), dtype=np.float32)
+            got, want = client.compute(x)[0], reference(test.trunk, x)
+            test.assertEqual(got.shape, want.shape)
+            test.assertLess(float(np.abs(got - want).max()), tolerance)
+    finally:
+        client.close()
+
+
 def assert_merged(test, inputs, model_id, reference_fn, tolerance):
     """The inputs at once: each answer equals `reference_fn` of its input, and the
     device ran fewer batches than requests (some were merged)."""
@@ -105,17 +120,7 @@ class EncoderTrunkTest(DaemonTestCase):
         self.assertIn("scaled_dot_product_attention", self.code)
 
     def test_legacy_client_gets_pytorchs_own_forward(self):
-        rng = np.random.default_rng(1)
-        client = LegacyClient(self.daemon.address)
-        try:
-            for rows in (1, 3):
-                x = rng.standard_normal((rows, SEQ, HIDDEN), dtype=np.float32)
-                got = client.compute(x)[0]
-                want = reference(self.trunk, x)
-                self.assertEqual(got.shape, want.shape)
-                self.assertLess(float(np.abs(got - want).max()), 1e-5)
-        finally:
-            client.close()
+        assert_alone(self, (1, 3), seed=1, tolerance=1e-5)
 
     def test_merged_batches_equal_pytorch(self):
         rng = np.random.default_rng(2)
@@ -135,15 +140,7 @@ class AotiPackageTest(DaemonTestCase):
         return [entry]
 
     def test_batch_one_equals_eager(self):
-        rng = np.random.default_rng(3)
-        client = LegacyClient(self.daemon.address)
-        try:
-            for rows in (1, 2, 5):
-                x = rng.standard_normal((rows, SEQ, HIDDEN), dtype=np.float32)
-                got = client.compute(x)[0]
-                self.assertLess(float(np.abs(got - reference(self.trunk, x)).max()), 1e-4)
-        finally:
-            client.close()
+        assert_alone(self, (1, 2, 5), seed=3, tolerance=1e-4)
 
     def test_merged_batches_equal_eager(self):
         rng = np.random.default_rng(4)
