@@ -39,9 +39,15 @@ Limits SmallLimits() {
 // The tensor must describe exactly the bytes it points at, inside [lo, hi).
 void CheckTensor(const HostTensor& t, const Limits& limits) {
   if (static_cast<int>(t.shape.size()) > limits.max_rank) Broken("rank");
-  int64_t n = 1;  // a scalar (rank 0) has one element
+  // A scalar (rank 0) has one element; a dimension of 0 makes none, whatever the others.
+  bool empty = false;
   for (int64_t d : t.shape) {
     if (d < 0) Broken("negative dimension");
+    empty = empty || d == 0;
+  }
+  int64_t n = empty ? 0 : 1;
+  for (int64_t d : t.shape) {
+    if (empty) break;
     n *= d;
     if (n > limits.max_elements) Broken("element count over the limit");
   }
