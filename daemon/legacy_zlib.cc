@@ -26,7 +26,7 @@ Status InflateExactly(const std::string& in, size_t expected, const std::string&
   buffer->resize(std::min<size_t>(expected, size_t{1} << 20));
   z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
   size_t fed = 0;
-  int rc = Z_OK;
+  int rc;
   size_t produced = 0;
   while (true) {
     if (z.avail_in == 0 && fed < in.size()) {
@@ -63,9 +63,10 @@ Status InflateExactly(const std::string& in, size_t expected, const std::string&
       break;
     }
     if (rc != Z_OK && !(rc == Z_BUF_ERROR && z.avail_out == 0)) {
+      const std::string why = z.msg ? z.msg : "truncated";  // read before inflateEnd
       inflateEnd(&z);
       return InvalidArgument(what + ": data is neither " + std::to_string(expected) +
-                             " plain bytes nor a whole zlib stream of them (" + (z.msg ? z.msg : "truncated") + ")");
+                             " plain bytes nor a whole zlib stream of them (" + why + ")");
     }
   }
   if (produced != expected) {
