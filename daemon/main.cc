@@ -7,6 +7,7 @@
 // validate and enqueue; one worker per device runs models; the manager's loader
 // thread loads and warms them.
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -19,6 +20,7 @@
 #include <mutex>
 
 #include "common/cpus.h"
+#include "common/files.h"
 #include "config/config.h"
 #include "daemon/auth.h"
 #include "daemon/config_watcher.h"
@@ -47,8 +49,29 @@ struct Options {
   std::string listen;
   std::string log_level;
   std::string log_format = "auto";
+  std::string ready_file;
   bool version = false;
 };
+
+std::string JsonString(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) continue;  // addresses and paths have none
+    out += c;
+  }
+  return out + "\"";
+}
+
+// The --ready-file: one JSON object, written once the first READY=1 is sent, so that a
+// launcher (tests, scripts) learns the bound addresses without reading the log.
+Status WriteReadyFile(const std::string& path, const std::string& listen, const std::string& management,
+                      const std::string& metrics, size_t serving) {
+  std::string json = "{\"pid\": " + std::to_string(getpid()) + ", \"listen\": " + JsonString(listen) +
+                     ", \"management\": " + JsonString(management) + ", \"metrics\": " + JsonString(metrics) +
+                     ", \"serving\": " + std::to_string(serving) + "}\n";
+  return WriteFileAtomically(path, json);
+}
 
 void LogModelStates(const ModelManager& manager) {
   for (const auto& m : manager.ListModels()) {
@@ -344,6 +367,15 @@ int Run(const Options& opt) {
       notifier.Ready(status);
       reloader.SetNotifying(true);
       spdlog::info("ready: {}", status);
+      if (!opt.ready_file.empty()) {
+        if (auto s = WriteReadyFile(opt.ready_file, server.bound_address(),
+                                    management ? management->bound_address() : "",
+                                    metrics_endpoint ? metrics_endpoint->bound_address() : "",
+                                    manager.ServingCount());
+            !s.ok()) {
+          spdlog::error("--ready-file: {}", s.message());
+        }
+      }
       update_watcher(config.server.watch_config);
     }
     auto now = std::chrono::steady_clock::now();
@@ -400,6 +432,7 @@ int Run(const Options& opt) {
   server.Shutdown();
   manager.Shutdown();
   reloader.Stop();
+  if (!opt.ready_file.empty()) ::unlink(opt.ready_file.c_str());
   spdlog::info("stopped");
   return 0;
 }
@@ -417,6 +450,8 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error, critical or off");
   app.add_option("--log-format", opt.log_format, "auto, text, journal or json")
       ->check(CLI::IsMember({"auto", "text", "journal", "json"}));
+  app.add_option("--ready-file", opt.ready_file,
+                 "once ready, write the bound addresses to FILE as JSON (removed on exit)");
   app.add_flag("-V,--version", opt.version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);
   ConfigureGrpcRuntime();
