@@ -10,11 +10,11 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/shape.h"
 #include "manager/torchscript/optimize.h"
 #include "manager/torchscript/torch_compat.h"
 #include "manager/torchscript/torchscript.h"
@@ -29,23 +29,6 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-bool ParseShape(const std::string& text, std::vector<int64_t>* shape) {
-  shape->clear();
-  std::stringstream ss(text);
-  std::string part;
-  while (std::getline(ss, part, 'x')) {
-    try {
-      size_t used = 0;
-      const long v = std::stol(part, &used);
-      if (used != part.size() || v < 1) return false;
-      shape->push_back(v);
-    } catch (const std::exception&) {
-      return false;
-    }
-  }
-  return !shape->empty();
-}
 
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
@@ -86,11 +69,12 @@ int main(int argc, char** argv) {
   app.add_option("--label", label, "free text for the CSV rows");
   CLI11_PARSE(app, argc, argv);
 
-  std::vector<int64_t> shape;
-  if (!ParseShape(shape_text, &shape)) {
-    std::fprintf(stderr, "inprocess: bad --shape '%s'\n", shape_text.c_str());
+  auto parsed = splitlearnd::ParseShape(shape_text);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "inprocess: --shape: %s\n", parsed.status().message().c_str());
     return 2;
   }
+  const std::vector<int64_t> shape = std::move(*parsed);
   splitlearnd::ConfigureTorchThreads(threads);
   splitlearnd::DisableTorchScriptFuser();  // as the daemon runs its models
   const auto eff = splitlearnd::EffectiveTorchThreads();

@@ -37,10 +37,10 @@
 #include <memory>
 #include <mutex>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "common/shape.h"
 #include "compute.grpc.pb.h"
 #include "manager/model.h"
 #include "manager/torchscript/torchscript.h"
@@ -100,25 +100,6 @@ struct Stats {
   int64_t bad_answers = 0;
   std::string first_error;
 };
-
-bool ParseShape(const std::string& text, std::vector<int32_t>* shape, int64_t* elements) {
-  shape->clear();
-  *elements = 1;
-  std::stringstream ss(text);
-  std::string part;
-  while (std::getline(ss, part, 'x')) {
-    try {
-      size_t used = 0;
-      const long v = std::stol(part, &used);
-      if (used != part.size() || v < 1 || v > (1L << 30)) return false;
-      shape->push_back(static_cast<int32_t>(v));
-      *elements *= v;
-    } catch (const std::exception&) {
-      return false;
-    }
-  }
-  return !shape->empty() && *elements <= (1LL << 30);
-}
 
 double CpuSeconds() {
   rusage u{};
@@ -477,12 +458,18 @@ int main(int argc, char** argv) {
     return PrintServiceInfo(endpoints.front().stub.get(), opt.timeout_ms);
   }
 
-  std::vector<int32_t> shape;
-  int64_t elements = 0;
-  if (!ParseShape(opt.shape, &shape, &elements)) {
-    std::fprintf(stderr, "loadgen: bad --shape '%s'\n", opt.shape.c_str());
+  auto parsed = splitlearnd::ParseShape(opt.shape);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "loadgen: --shape: %s\n", parsed.status().message().c_str());
     return 2;
   }
+  int64_t elements = 1;
+  for (int64_t d : *parsed) elements *= d;  // ParseShape guarantees no overflow
+  if (elements > (1LL << 30)) {
+    std::fprintf(stderr, "loadgen: --shape '%s' has more than 2^30 elements\n", opt.shape.c_str());
+    return 2;
+  }
+  const std::vector<int32_t> shape(parsed->begin(), parsed->end());  // each dimension <= elements
   std::string bytes;
   {
     std::vector<float> values(static_cast<size_t>(elements));

@@ -392,7 +392,7 @@ def main():
          "for clients on other machines, and one CPU is the share of this machine it takes; the servers may use "
          "every CPU." if cc else ""))
     w("")
-    w("Shards (written by `splitlearnctl make-demo-shard`, random weights): **tiny** = Linear 768->768 + GELU; "
+    w("Shards (written by `splitlearnd make-demo-shard`, random weights): **tiny** = Linear 768->768 + GELU; "
       "**trunk** = 4 transformer encoder layers, d=768, 12 heads, ffn 3072; **identity** = returns its input. "
       "Inputs are 1x10x768 float32 (30 KiB) unless said otherwise; 32 MiB inputs are 8x1024x1024.")
     w("")

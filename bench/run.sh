@@ -41,12 +41,11 @@ CLIENT_CPUS="${CLIENT_CPUS:-}"
 ALL_CPUS="0-$(( NPROC - 1 ))"
 
 SPLITLEARND="$BUILD/daemon/splitlearnd"
-CTL="$BUILD/client/splitlearnctl"
 LOADGEN="$BUILD/bench/loadgen"
 ECHO_BIN="$BUILD/bench/echo"
 INPROC="$BUILD/bench/inprocess"
 STUBS="$BUILD/python"
-for f in "$SPLITLEARND" "$CTL" "$LOADGEN" "$ECHO_BIN" "$INPROC" "$STUBS/compute_pb2.py" "$STUBS/compute_pb2_grpc.py"; do
+for f in "$SPLITLEARND" "$LOADGEN" "$ECHO_BIN" "$INPROC" "$STUBS/compute_pb2.py" "$STUBS/compute_pb2_grpc.py"; do
   [[ -e "$f" ]] || { echo "run.sh: missing $f (build first: cmake --build $BUILD)" >&2; exit 1; }
 done
 
@@ -171,8 +170,8 @@ for spec in "tiny --kind tiny" "trunk --kind transformer --layers 4 --hidden 768
             "identity --kind identity"; do
   set -- $spec
   name="$1"; shift
-  record "$CTL make-demo-shard $WORK/$name.pt $*"
-  "$CTL" make-demo-shard "$WORK/$name.pt" "$@" >/dev/null
+  record "$SPLITLEARND make-demo-shard $WORK/$name.pt $*"
+  "$SPLITLEARND" make-demo-shard "$WORK/$name.pt" "$@" >/dev/null
 done
 log "shards written: $(cd "$WORK" && ls -s --block-size=K ./*.pt | tr '\n' ' ')"
 

@@ -9,14 +9,17 @@
 #include <condition_variable>
 #include <limits>
 
+#include "client/client.h"
+
 namespace splitlearnd {
 namespace pb = splitlearn::comm;
 
 namespace {
 
-Status FromGrpcStatus(const grpc::Status& s) {
-  if (s.ok()) return Status::Ok();
-  return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
+// A call's deadline, `timeout` from now, and the token when there is one.
+void PrepareCall(grpc::ClientContext* ctx, std::chrono::milliseconds timeout, const std::string& token) {
+  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+  AddToken(ctx, token);
 }
 
 // host and port of "host:port" or "[v6]:port"; false when malformed.
@@ -97,8 +100,6 @@ int DecodeHealthResponse(const std::string& data) {
 
 }  // namespace
 
-std::string ModelHealthServiceName(const std::string& model_id) { return "splitlearn.model/" + model_id; }
-
 StatusOr<std::string> BalancedTarget(const std::vector<std::string>& endpoints) {
   if (endpoints.empty()) return InvalidArgument("no endpoints");
   if (endpoints.size() == 1 && HasScheme(endpoints[0])) return endpoints[0];
@@ -153,7 +154,7 @@ StatusOr<int> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const s
                           std::chrono::milliseconds timeout) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);  // grpc.health.v1 needs no token
   const std::string request = EncodeHealthRequest(service);
   grpc::Slice slice(request);
   grpc::ByteBuffer request_buffer(&slice, 1);
@@ -174,7 +175,7 @@ StatusOr<int> CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const s
     cv.wait(lock, [&] { return done; });
   }
   if (status.error_code() == grpc::StatusCode::NOT_FOUND) return 3;  // SERVICE_UNKNOWN
-  if (!status.ok()) return FromGrpcStatus(status);
+  if (!status.ok()) return FromGrpc(status);
   std::vector<grpc::Slice> slices;
   if (!response_buffer.Dump(&slices).ok()) return Internal("unreadable health response");
   std::string bytes;
@@ -195,7 +196,7 @@ PinnedSession::PinnedSession(std::shared_ptr<grpc::Channel> channel, std::string
 
 Status PinnedSession::Lost(const grpc::Status& s) const {
   const auto code = s.error_code();
-  if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::NOT_FOUND) return FromGrpcStatus(s);
+  if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::NOT_FOUND) return FromGrpc(s);
   const std::string why = code == grpc::StatusCode::NOT_FOUND
                               ? "which no longer knows it (the replica restarted, or the session expired or was closed)"
                               : "which is gone, draining or unreachable";
@@ -209,8 +210,7 @@ StatusOr<pb::ComputeResponse> PinnedSession::Compute(pb::ComputeRequest request,
   request.set_session_id(id_);
   request.set_model_id(model_id_);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-  if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+  PrepareCall(&ctx, timeout, token_);
   pb::ComputeResponse response;
   const grpc::Status s = stub_->Compute(&ctx, request, &response);
   if (!s.ok()) return Lost(s);
@@ -222,8 +222,7 @@ StatusOr<int64_t> PinnedSession::Close(std::chrono::milliseconds timeout) {
   request.set_session_id(id_);
   request.set_model_id(model_id_);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-  if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+  PrepareCall(&ctx, timeout, token_);
   pb::CloseSessionResponse response;
   const grpc::Status s = stub_->CloseSession(&ctx, request, &response);
   if (!s.ok()) return Lost(s);
@@ -269,15 +268,14 @@ StatusOr<std::unique_ptr<PinnedSession>> ReplicaSet::OpenSession(const std::stri
     request.set_model_id(model_id);
     request.set_session_id(wanted_id);
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-    if (!options_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + options_.token);
+    PrepareCall(&ctx, timeout, options_.token);
     pb::OpenSessionResponse response;
     const grpc::Status s = stub->OpenSession(&ctx, request, &response);
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // nothing was opened there; try another
       refused += (refused.empty() ? "" : "; ") + endpoint + ": " + s.error_message();
       continue;
     }
-    if (!s.ok()) return FromGrpcStatus(s);
+    if (!s.ok()) return FromGrpc(s);
     return std::unique_ptr<PinnedSession>(new PinnedSession(
         std::move(channel), endpoint, response.session_id(), response.model_id().empty() ? model_id : response.model_id(),
         options_.token));

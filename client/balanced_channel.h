@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "common/ids.h"  // ModelHealthServiceName: "splitlearn.model/<id>"
 #include "common/status.h"
 #include "compute.grpc.pb.h"
 
@@ -51,9 +52,6 @@ struct BalancedChannelOptions {
   // Client on the balanced channel sends ClientOptions::token.
   std::string token;
 };
-
-// "splitlearn.model/<id>", the health name under which splitlearnd reports one model.
-std::string ModelHealthServiceName(const std::string& model_id);
 
 // The gRPC target for several replicas: IP literals become the multi-address form
 // ("ipv4:10.0.0.5:50051,10.0.0.6:50051" or "ipv6:[::1]:1,[::1]:2"); a single host name

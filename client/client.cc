@@ -1,15 +1,14 @@
 #include "client/client.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <random>
 #include <thread>
+
+#include "common/files.h"
 
 namespace splitlearnd {
 namespace pb = splitlearn::comm;
@@ -101,19 +100,6 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentialsFor(const ClientOpti
   ssl.pem_private_key = options.tls_private_key;
   return grpc::SslCredentials(ssl);
 }
-
-namespace {
-
-StatusOr<std::string> ReadWholeFile(const std::string& what, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(what + ": cannot open " + path + ": " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Internal(what + ": cannot read " + path);
-  return text.str();
-}
-
-}  // namespace
 
 Status LoadTlsFiles(const std::string& ca_file, const std::string& cert_file, const std::string& key_file,
                     ClientOptions* options) {

@@ -237,6 +237,7 @@ Status LoadTlsFiles(const std::string& ca_file, const std::string& cert_file, co
 StatusOr<std::string> ReadToken(const std::string& path);
 // Adds `authorization: Bearer <token>` to `ctx` (nothing for an empty token).
 void AddToken(grpc::ClientContext* ctx, const std::string& token);
+// The same code and message as a Status.
 Status FromGrpc(const grpc::Status& s);
 // True for the codes a Client retries (UNAVAILABLE, RESOURCE_EXHAUSTED).
 bool IsRetryable(StatusCode code);

@@ -1,9 +1,12 @@
-// splitlearnctl: talk to a running splitlearnd, and make demo shards.
+// splitlearnctl: talk to a running splitlearnd (and, for old scripts, make demo shards
+// through splitlearnd make-demo-shard).
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 #include <google/protobuf/util/json_util.h>
 
+#include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -11,29 +14,47 @@
 #include <map>
 #include <random>
 #include <thread>
-#include <sstream>
 
 #include "client/client.h"
+#include "common/shape.h"
 #include "management.grpc.pb.h"
-#include "manager/torchscript/torchscript.h"
 
 namespace splitlearnd {
 namespace {
 
-std::vector<int64_t> ParseShape(const std::string& s) {
-  std::vector<int64_t> shape;
-  std::stringstream in(s);
-  std::string part;
-  while (std::getline(in, part, 'x')) {
-    if (part.empty()) throw CLI::ValidationError("--shape", "expected dimensions like 1x10x768");
-    shape.push_back(std::stoll(part));
-  }
-  return shape;
-}
-
 int Fail(const Status& s) {
   std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
   return 1;
+}
+
+// make-demo-shard belongs to splitlearnd, which links libtorch (splitlearnctl does
+// not): runs `splitlearnd make-demo-shard ARGS...` with the splitlearnd installed
+// beside this program, else the one of its build tree (daemon/ beside client/), else
+// the one on PATH. Returns only when none could be run.
+int ForwardMakeDemoShard(const std::vector<std::string>& args) {
+  std::vector<std::string> argv_text{"splitlearnd", "make-demo-shard"};
+  argv_text.insert(argv_text.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_text) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  std::string folder;
+  char self[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    folder.assign(self, static_cast<size_t>(n));
+    const size_t slash = folder.find_last_of('/');
+    folder.resize(slash == std::string::npos ? 0 : slash);
+  }
+  for (const std::string& candidate : {folder + "/splitlearnd", folder + "/../daemon/splitlearnd"}) {
+    if (folder.empty() || ::access(candidate.c_str(), X_OK) != 0) continue;
+    ::execv(candidate.c_str(), argv.data());
+    return Fail(Internal("cannot run " + candidate + ": " + std::strerror(errno)));
+  }
+  ::execvp("splitlearnd", argv.data());
+  return Fail(NotFound("make-demo-shard is run by splitlearnd, and no splitlearnd was found beside " +
+                       (folder.empty() ? std::string("this program") : folder) + " or on PATH (" +
+                       std::strerror(errno) + "); run `splitlearnd make-demo-shard` where it is installed"));
 }
 
 // A checksum of the answer's values (as float64), for comparing runs at a glance.
@@ -67,7 +88,7 @@ double Checksum(const Tensor& t) {
 
 // --- management commands -------------------------------------------------------
 
-namespace mg = splitlearn::manage;
+namespace mgmt = splitlearn::manage;
 
 constexpr const char* kDefaultManage = "unix:/run/splitlearnd/manage.sock";
 
@@ -118,8 +139,8 @@ std::string When(int64_t unix_ms) {
   return std::string(buf) + " (" + Ago(unix_ms) + ")";
 }
 
-std::string StateName(mg::ModelState s) {
-  const std::string n = mg::ModelState_Name(s);
+std::string StateName(mgmt::ModelState s) {
+  const std::string n = mgmt::ModelState_Name(s);
   return n.empty() ? "?" : n;
 }
 
@@ -140,16 +161,16 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows) {
   }
 }
 
-void PrintModels(const google::protobuf::RepeatedPtrField<mg::ModelInfo>& models,
-                 const google::protobuf::RepeatedPtrField<mg::ModelInfo>& draining) {
+void PrintModels(const google::protobuf::RepeatedPtrField<mgmt::ModelInfo>& models,
+                 const google::protobuf::RepeatedPtrField<mgmt::ModelInfo>& draining) {
   std::vector<std::vector<std::string>> rows{
       {"ID", "STATE", "VERSION", "DEVICE", "PARAMS", "LAST USED", "SINCE", "PATH / LAST ERROR"}};
-  auto row = [&](const mg::ModelInfo& m) {
+  auto row = [&](const mgmt::ModelInfo& m) {
     std::string id = m.id();
     if (m.is_default()) id += " *";
     if (!m.from_config()) id += " (runtime)";
     std::string state = StateName(m.state());
-    if (m.load_pending() && m.state() == mg::READY) state += "+LOADING";
+    if (m.load_pending() && m.state() == mgmt::READY) state += "+LOADING";
     std::string tail = m.path();
     if (!m.last_error().empty()) tail += "  error: " + m.last_error();
     rows.push_back({id, state, m.version() ? std::to_string(m.version()) : "-", m.device(),
@@ -160,7 +181,7 @@ void PrintModels(const google::protobuf::RepeatedPtrField<mg::ModelInfo>& models
   PrintTable(rows);
 }
 
-void PrintModel(const mg::ModelInfo& m) {
+void PrintModel(const mgmt::ModelInfo& m) {
   std::printf("id:           %s%s%s\n", m.id().c_str(), m.is_default() ? " (default)" : "",
               m.from_config() ? "" : " (loaded at run time, not in the config)");
   std::printf("state:        %s since %s%s\n", StateName(m.state()).c_str(), When(m.state_since_unix_ms()).c_str(),
@@ -172,14 +193,14 @@ void PrintModel(const mg::ModelInfo& m) {
   std::printf("parameters:   %s\n", Bytes(m.parameter_bytes()).c_str());
   std::printf("loaded:       %s in %.2f s\n", When(m.loaded_at_unix_ms()).c_str(), m.load_seconds());
   std::printf("last used:    %s\n", When(m.last_used_unix_ms()).c_str());
-  if (m.state() == mg::READY) {
+  if (m.state() == mgmt::READY) {
     std::printf("timeout:      %s\n", m.timeout_ms() ? (std::to_string(m.timeout_ms()) + " ms").c_str() : "none");
     std::printf("max batch:    %d\n", m.max_batch_size());
   }
   if (!m.last_error().empty()) std::printf("last error:   %s\n", m.last_error().c_str());
 }
 
-void PrintReload(const mg::ReloadResult& r) {
+void PrintReload(const mgmt::ReloadResult& r) {
   std::printf("reload %s: %s\n", r.ok() ? "OK" : "FAILED", r.message().c_str());
   std::printf("  trigger %s, %s, %.2f s, file %s\n", r.trigger().c_str(), When(r.time_unix_ms()).c_str(), r.seconds(),
               r.config_file().c_str());
@@ -194,8 +215,8 @@ std::string Fixed(double v, int digits) {
 
 // Per model: requests, errors, latency quantiles (from the daemon's live histograms)
 // and sessions. With `earlier` (an older answer) and `seconds` apart, adds rates.
-void PrintTraffic(const google::protobuf::RepeatedPtrField<mg::ModelInfo>& models,
-                  const google::protobuf::RepeatedPtrField<mg::ModelInfo>* earlier, double seconds) {
+void PrintTraffic(const google::protobuf::RepeatedPtrField<mgmt::ModelInfo>& models,
+                  const google::protobuf::RepeatedPtrField<mgmt::ModelInfo>* earlier, double seconds) {
   std::vector<std::vector<std::string>> rows{{"MODEL", "REQUESTS", "ERRORS", "P50 ms", "P99 ms", "QUEUE P50 ms",
                                               "COMPUTE P50 ms", "SESSIONS"}};
   if (earlier) rows.front().insert(rows.front().begin() + 2, "REQ/S");
@@ -216,7 +237,7 @@ void PrintTraffic(const google::protobuf::RepeatedPtrField<mg::ModelInfo>& model
   PrintTable(rows);
 }
 
-void PrintStatus(const mg::StatusResponse& s) {
+void PrintStatus(const mgmt::StatusResponse& s) {
   std::printf("splitlearnd %s, pid %lld, up %.0f s%s\n", s.version().c_str(), static_cast<long long>(s.pid()),
               s.uptime_seconds(), s.draining() ? ", DRAINING" : "");
   std::printf("config:      %s (applied %s)%s\n", s.config_file().c_str(), When(s.config_applied_unix_ms()).c_str(),
@@ -298,18 +319,11 @@ int main(int argc, char** argv) {
   infer->add_option("--repeat", repeat, "send the request this many times")->capture_default_str();
   infer->add_option("--seed", seed, "seed of the random input")->capture_default_str();
 
-  auto* shard = app.add_subcommand("make-demo-shard", "write a TorchScript shard with random weights");
-  std::string shard_path, kind = "transformer";
-  ShardSpec spec;
-  shard->add_option("path", shard_path, "where to write the .pt file")->required();
-  shard->add_option("--kind", kind, "transformer, tiny (Linear+GELU) or identity")
-      ->check(CLI::IsMember({"transformer", "tiny", "identity"}))->capture_default_str();
-  shard->add_option("--layers", spec.layers, "transformer layers")->capture_default_str();
-  shard->add_option("--hidden", spec.hidden, "hidden size")->capture_default_str();
-  shard->add_option("--heads", spec.heads, "attention heads")->capture_default_str();
-  shard->add_option("--ffn", spec.ffn, "feed-forward size")->capture_default_str();
-  shard->add_flag("--causal", spec.causal, "causal self-attention");
-  shard->add_option("--seed", spec.seed, "random seed of the weights")->capture_default_str();
+  // Every argument after it (--help included) goes to splitlearnd make-demo-shard.
+  auto* shard = app.add_subcommand("make-demo-shard",
+                                   "write a TorchScript shard with random weights (runs splitlearnd make-demo-shard)");
+  shard->prefix_command();
+  shard->set_help_flag();
 
   auto* status_cmd = app.add_subcommand("status", "daemon status: config, last reload, models, traffic, devices");
   auto* top_cmd = app.add_subcommand("top", "status, refreshed every second, with request rates");
@@ -337,6 +351,7 @@ int main(int argc, char** argv) {
   log_level_cmd->add_option("level", level, "trace, debug, info, warn, error, critical or off")->required();
 
   CLI11_PARSE(app, argc, argv);
+  if (*shard) return ForwardMakeDemoShard(shard->remaining());
 
   // TLS applies to TCP addresses; Unix sockets stay plaintext. The token goes with
   // every call, compute and management alike.
@@ -356,15 +371,15 @@ int main(int argc, char** argv) {
   };
 
   if (*top_cmd) {
-    auto stub = mg::ManagementService::NewStub(manage_channel());
-    mg::StatusResponse previous;
+    auto stub = mgmt::ManagementService::NewStub(manage_channel());
+    mgmt::StatusResponse previous;
     auto previous_at = std::chrono::steady_clock::now();
     for (int i = 0; top_iterations == 0 || i < top_iterations; ++i) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
       AddToken(&ctx, security.token);
-      mg::StatusResponse r;
-      grpc::Status s = stub->GetStatus(&ctx, mg::GetStatusRequest{}, &r);
+      mgmt::StatusResponse r;
+      grpc::Status s = stub->GetStatus(&ctx, mgmt::GetStatusRequest{}, &r);
       if (!s.ok()) return FailGrpc(s, manage);
       const auto now = std::chrono::steady_clock::now();
       if (isatty(STDOUT_FILENO)) std::printf("\033[H\033[2J");
@@ -382,7 +397,7 @@ int main(int argc, char** argv) {
   }
 
   if (*status_cmd || *models_cmd || *load_cmd || *unload_cmd || *reload_cmd || *reload_config_cmd || *log_level_cmd) {
-    auto stub = mg::ManagementService::NewStub(manage_channel());
+    auto stub = mgmt::ManagementService::NewStub(manage_channel());
     const bool long_call = *load_cmd || *reload_cmd || *reload_config_cmd;
     const int ms = app.get_option("--timeout-ms")->count() ? timeout_ms : long_call ? 600000 : 10000;
     grpc::ClientContext ctx;
@@ -390,58 +405,58 @@ int main(int argc, char** argv) {
     AddToken(&ctx, security.token);
     grpc::Status s;
     if (*status_cmd) {
-      mg::StatusResponse r;
-      s = stub->GetStatus(&ctx, mg::GetStatusRequest{}, &r);
+      mgmt::StatusResponse r;
+      s = stub->GetStatus(&ctx, mgmt::GetStatusRequest{}, &r);
       if (!s.ok()) return FailGrpc(s, manage);
       if (json) std::printf("%s", Json(r).c_str());
       else PrintStatus(r);
       return r.last_reload().ok() ? 0 : 3;
     }
     if (*models_cmd && model_id.empty()) {
-      mg::ListModelsResponse r;
-      s = stub->ListModels(&ctx, mg::ListModelsRequest{}, &r);
+      mgmt::ListModelsResponse r;
+      s = stub->ListModels(&ctx, mgmt::ListModelsRequest{}, &r);
       if (!s.ok()) return FailGrpc(s, manage);
       if (json) std::printf("%s", Json(r).c_str());
       else PrintModels(r.models(), r.draining());
       return 0;
     }
     if (*reload_config_cmd) {
-      mg::ReloadResult r;
-      s = stub->ReloadConfig(&ctx, mg::ReloadConfigRequest{}, &r);
+      mgmt::ReloadResult r;
+      s = stub->ReloadConfig(&ctx, mgmt::ReloadConfigRequest{}, &r);
       if (!s.ok()) return FailGrpc(s, manage);
       if (json) std::printf("%s", Json(r).c_str());
       else PrintReload(r);
       return r.ok() ? 0 : 1;
     }
     if (*log_level_cmd) {
-      mg::SetLogLevelRequest req;
+      mgmt::SetLogLevelRequest req;
       req.set_level(level);
-      mg::SetLogLevelResponse r;
+      mgmt::SetLogLevelResponse r;
       s = stub->SetLogLevel(&ctx, req, &r);
       if (!s.ok()) return FailGrpc(s, manage);
       if (json) std::printf("%s", Json(r).c_str());
       else std::printf("log level %s (was %s)\n", r.level().c_str(), r.previous().c_str());
       return 0;
     }
-    mg::ModelInfo m;
+    mgmt::ModelInfo m;
     if (*models_cmd) {
-      mg::GetModelRequest req;
+      mgmt::GetModelRequest req;
       req.set_id(model_id);
       s = stub->GetModel(&ctx, req, &m);
     } else if (*load_cmd) {
       if (model_id.empty() && load_path.empty()) return Fail(InvalidArgument("load needs a model id or --path"));
-      mg::LoadModelRequest req;
+      mgmt::LoadModelRequest req;
       req.set_id(model_id);
       req.set_path(load_path);
       req.set_device(load_device);
       req.set_no_wait(no_wait);
       s = stub->LoadModel(&ctx, req, &m);
     } else if (*unload_cmd) {
-      mg::UnloadModelRequest req;
+      mgmt::UnloadModelRequest req;
       req.set_id(model_id);
       s = stub->UnloadModel(&ctx, req, &m);
     } else {
-      mg::ReloadModelRequest req;
+      mgmt::ReloadModelRequest req;
       req.set_id(model_id);
       req.set_no_wait(no_wait);
       s = stub->ReloadModel(&ctx, req, &m);
@@ -449,14 +464,6 @@ int main(int argc, char** argv) {
     if (!s.ok()) return FailGrpc(s, manage);
     if (json) std::printf("%s", Json(m).c_str());
     else PrintModel(m);
-    return 0;
-  }
-
-  if (*shard) {
-    spec.kind = kind == "tiny" ? ShardSpec::Kind::kTiny
-                : kind == "identity" ? ShardSpec::Kind::kIdentity : ShardSpec::Kind::kTransformer;
-    if (auto s = WriteShard(shard_path, spec); !s.ok()) return Fail(s);
-    std::printf("wrote %s shard to %s\n", kind.c_str(), shard_path.c_str());
     return 0;
   }
 
@@ -488,9 +495,11 @@ int main(int argc, char** argv) {
       out_dtype = DTypeFromName(out_dtype_name);
       if (!out_dtype) return Fail(InvalidArgument("unknown dtype " + out_dtype_name));
     }
+    auto shape = ParseShape(shape_text);
+    if (!shape.ok()) return Fail(shape.status());
     Tensor x;
     x.dtype = *dtype;
-    x.shape = ParseShape(shape_text);
+    x.shape = std::move(*shape);
     int64_t n = 1;
     for (auto d : x.shape) n *= d;
     if (*dtype != DType::kFloat32) return Fail(InvalidArgument("infer generates float32 inputs only; use --output-dtype"));

@@ -2,8 +2,13 @@
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
+#include <fstream>
+#include <optional>
+#include <sstream>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace splitlearnd {
@@ -40,7 +45,11 @@ Status CommitFile(const std::string& tmp, const std::string& path) {
   return Status::Ok();
 }
 
-Status WriteFileAtomically(const std::string& path, std::string_view data, mode_t mode) {
+namespace {
+
+// Writes `path` + ".tmp" and commits it; `min_mtime` (seconds), when set, is the
+// earliest mtime the new file may have.
+Status WriteAndCommit(const std::string& path, std::string_view data, mode_t mode, std::optional<time_t> min_mtime) {
   const std::string tmp = path + ".tmp";
   ::unlink(tmp.c_str());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
@@ -56,8 +65,33 @@ Status WriteFileAtomically(const std::string& path, std::string_view data, mode_
     }
     done += static_cast<size_t>(n);
   }
+  if (min_mtime && std::time(nullptr) < *min_mtime) {
+    const timespec times[2] = {{0, UTIME_OMIT}, {*min_mtime, 0}};
+    ::futimens(fd, times);
+  }
   if (::close(fd) != 0) return Fail("cannot write " + tmp, tmp, errno);
   return CommitFile(tmp, path);
+}
+
+}  // namespace
+
+Status WriteFileAtomically(const std::string& path, std::string_view data, mode_t mode) {
+  return WriteAndCommit(path, data, mode, std::nullopt);
+}
+
+Status WriteFileAtomicallyNewerMtime(const std::string& path, std::string_view data, mode_t mode) {
+  struct stat old {};
+  if (::stat(path.c_str(), &old) != 0) return WriteAndCommit(path, data, mode, std::nullopt);
+  return WriteAndCommit(path, data, mode, old.st_mtime + 1);
+}
+
+StatusOr<std::string> ReadWholeFile(const std::string& what, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound(what + ": cannot open " + path + ": " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Internal(what + ": cannot read " + path);
+  return text.str();
 }
 
 }  // namespace splitlearnd

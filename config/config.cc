@@ -4,11 +4,12 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <sstream>
 
 #include "common/cpus.h"
+#include "common/files.h"
+#include "common/ids.h"
 
 namespace splitlearnd {
 namespace {
@@ -262,12 +263,7 @@ class Parser {
     ModelConfig m;
     if (!node["id"]) Fail(node, k, "missing 'id'");
     m.id = String(node["id"], k + ".id");
-    if (m.id.empty() || m.id.size() > 128) Fail(node["id"], k + ".id", "must be 1 to 128 characters");
-    for (char c : m.id) {
-      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
-        Fail(node["id"], k + ".id", "may contain only letters, digits, '-', '_' and '.'");
-      }
-    }
+    if (const std::string why = IdProblem(m.id, kMaxModelIdBytes); !why.empty()) Fail(node["id"], k + ".id", why);
     k = "models." + m.id;
     if (!node["path"]) Fail(node, k, "missing 'path'");
     for (const auto& kv : node) {
@@ -459,26 +455,48 @@ class Parser {
 
 }  // namespace
 
-bool ModelConfig::operator==(const ModelConfig& o) const {
-  auto spec_eq = [](const TensorSpec& a, const TensorSpec& b) {
-    return a.name == b.name && a.shape == b.shape && a.dtype == b.dtype;
+ModelChange CompareModels(const ModelConfig& a, const ModelConfig& b) {
+  // Every field of ModelConfig, once, with what a reload does when it changes (the
+  // reload column of docs/configuration.md). A field left out would be ignored by
+  // reloads; tests/config counts the fields to catch that.
+  enum Kind { kInPlace, kNewLoad };
+  const std::pair<bool, Kind> fields[] = {
+      {a.id == b.id, kInPlace},  // the manager compares one id's configs
+      {a.path == b.path, kNewLoad},
+      {a.device == b.device, kNewLoad},
+      {a.is_default == b.is_default, kInPlace},
+      {a.sha256 == b.sha256, kNewLoad},
+      {a.warmup.inputs == b.warmup.inputs, kNewLoad},
+      {a.warmup.runs == b.warmup.runs, kNewLoad},
+      {a.batching.max_batch_size == b.batching.max_batch_size, kInPlace},
+      {a.batching.max_delay_us == b.batching.max_delay_us, kInPlace},
+      {a.timeout_ms == b.timeout_ms, kInPlace},
+      {a.blas_threads == b.blas_threads, kNewLoad},
+      {a.optimize == b.optimize, kNewLoad},
+      {a.prepack_linear == b.prepack_linear, kNewLoad},
+      {a.compute_dtype == b.compute_dtype, kNewLoad},
+      {a.sessions.max_sessions == b.sessions.max_sessions, kInPlace},
+      {a.sessions.idle_timeout_s == b.sessions.idle_timeout_s, kInPlace},
+      {a.sessions.max_bytes == b.sessions.max_bytes, kInPlace},
+      {a.training.enabled == b.training.enabled, kNewLoad},
+      {a.training.optimizer == b.training.optimizer, kNewLoad},
+      {a.training.learning_rate == b.training.learning_rate, kNewLoad},
+      {a.training.momentum == b.training.momentum, kNewLoad},
+      {a.training.checkpoint_path == b.training.checkpoint_path, kNewLoad},
+      {a.training.max_graphs == b.training.max_graphs, kInPlace},
+      {a.training.max_graph_bytes == b.training.max_graph_bytes, kInPlace},
+      {a.training.graph_ttl_s == b.training.graph_ttl_s, kInPlace},
   };
-  if (warmup.inputs.size() != o.warmup.inputs.size()) return false;
-  for (size_t i = 0; i < warmup.inputs.size(); ++i) {
-    if (!spec_eq(warmup.inputs[i], o.warmup.inputs[i])) return false;
+  ModelChange change = ModelChange::kNone;
+  for (const auto& [equal, kind] : fields) {
+    if (equal) continue;
+    if (kind == kNewLoad) return ModelChange::kNewLoad;
+    change = ModelChange::kInPlace;
   }
-  return id == o.id && path == o.path && device == o.device && is_default == o.is_default &&
-         sha256 == o.sha256 && warmup.runs == o.warmup.runs &&
-         batching.max_batch_size == o.batching.max_batch_size &&
-         batching.max_delay_us == o.batching.max_delay_us && timeout_ms == o.timeout_ms &&
-         blas_threads == o.blas_threads && optimize == o.optimize && prepack_linear == o.prepack_linear &&
-         compute_dtype == o.compute_dtype && sessions.max_sessions == o.sessions.max_sessions &&
-         sessions.idle_timeout_s == o.sessions.idle_timeout_s && sessions.max_bytes == o.sessions.max_bytes &&
-         training.enabled == o.training.enabled && training.optimizer == o.training.optimizer &&
-         training.learning_rate == o.training.learning_rate && training.momentum == o.training.momentum &&
-         training.checkpoint_path == o.training.checkpoint_path && training.max_graphs == o.training.max_graphs &&
-         training.max_graph_bytes == o.training.max_graph_bytes && training.graph_ttl_s == o.training.graph_ttl_s;
+  return change;
 }
+
+bool ModelConfig::operator==(const ModelConfig& o) const { return CompareModels(*this, o) == ModelChange::kNone; }
 
 const ModelConfig* Config::FindModel(const std::string& id) const {
   for (const auto& m : models) {
@@ -530,13 +548,10 @@ StatusOr<Config> ParseConfig(const std::string& yaml_text, const std::string& or
 }
 
 StatusOr<Config> LoadConfigFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open config file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Internal(path + ": read error");
+  auto text = ReadWholeFile("config file", path);
+  if (!text.ok()) return text.status();
   const std::string base = fs::absolute(fs::path(path)).parent_path().string();
-  return ParseConfig(text.str(), path, base);
+  return ParseConfig(*text, path, base);
 }
 
 }  // namespace splitlearnd

@@ -76,6 +76,8 @@ struct TensorSpec {
   std::string name;  // empty: positional
   std::vector<int64_t> shape;
   DType dtype = DType::kFloat32;
+
+  bool operator==(const TensorSpec& o) const { return name == o.name && shape == o.shape && dtype == o.dtype; }
 };
 
 struct WarmupConfig {
@@ -130,6 +132,22 @@ struct ModelConfig {
   bool operator==(const ModelConfig&) const;
   bool operator!=(const ModelConfig& o) const { return !(*this == o); }
 };
+
+// How two configs of one model differ, which decides what a reload does with it.
+enum class ModelChange {
+  kNone,     // every field equal
+  kInPlace,  // only fields a serving version takes as they are (default, batching,
+             // timeout, sessions, training's graph limits)
+  kNewLoad,  // a field the load reads (file, device, warmup, optimizations, training):
+             // a new version must load
+};
+// The one list of ModelConfig's fields and their kind (config.cc); operator== and
+// SameLoad are made from it.
+ModelChange CompareModels(const ModelConfig& a, const ModelConfig& b);
+// True when a version loaded with `a` can serve `b` without loading again.
+inline bool SameLoad(const ModelConfig& a, const ModelConfig& b) {
+  return CompareModels(a, b) != ModelChange::kNewLoad;
+}
 
 struct Config {
   std::string source_path;  // the file it came from, if any

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -15,26 +14,13 @@
 #include <cstring>
 #include <map>
 
+#include "common/ids.h"
+
 namespace splitlearnd {
 namespace {
 
 constexpr size_t kMaxTokenFileBytes = 1 << 20;
-constexpr size_t kMaxNameBytes = 64;
 constexpr size_t kShortToken = 16;
-
-std::array<unsigned char, 32> Sha256(std::string_view data) {
-  std::array<unsigned char, 32> out{};
-  unsigned int n = 0;
-  EVP_Digest(data.data(), data.size(), out.data(), &n, EVP_sha256(), nullptr);
-  return out;
-}
-
-bool ValidName(const std::string& name) {
-  if (name.empty() || name.size() > kMaxNameBytes) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
-  });
-}
 
 std::vector<std::string> Fields(const std::string& line) {
   std::vector<std::string> out;
@@ -133,8 +119,9 @@ StatusOr<TokenStore> TokenStore::Parse(const std::string& text, const std::strin
     }
     TokenEntry e;
     e.name = fields[0];
-    if (!ValidName(e.name)) {
-      return InvalidArgument(where + "the name (first field) must be 1 to 64 of A-Z a-z 0-9 - _ .");
+    if (!IsValidId(e.name, kMaxTokenNameBytes)) {
+      return InvalidArgument(where + "the name (first field) must be 1 to " + std::to_string(kMaxTokenNameBytes) +
+                             " of A-Z a-z 0-9 - _ .");
     }
     e.scopes = ParseScopes(fields[1]);
     if (e.scopes == 0) {
@@ -283,7 +270,7 @@ StatusOr<std::shared_ptr<const Authenticator::Policy>> Authenticator::Prepare(co
 void Authenticator::Install(std::shared_ptr<const Policy> next) {
   const auto previous = policy();
   std::vector<std::string> added, removed;
-  std::map<std::string, std::array<unsigned char, 32>> before;
+  std::map<std::string, Sha256Digest> before;
   for (const auto& e : previous->tokens->entries()) before[e.name] = e.digest;
   for (const auto& e : next->tokens->entries()) {
     auto it = before.find(e.name);

@@ -14,7 +14,6 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
-#include <array>
 #include <atomic>
 #include <memory>
 #include <set>
@@ -22,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/digest.h"
 #include "common/status.h"
 #include "config/config.h"
 
@@ -34,7 +34,7 @@ const char* ScopeName(Scope scope);
 struct TokenEntry {
   std::string name;
   unsigned scopes = 0;  // bits of Scope
-  std::array<unsigned char, 32> digest{};
+  Sha256Digest digest{};  // of the token
   bool Has(Scope s) const { return (scopes & static_cast<unsigned>(s)) != 0; }
 };
 

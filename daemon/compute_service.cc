@@ -2,22 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include "daemon/grpc_util.h"
+
 namespace splitlearnd {
 namespace pb = splitlearn::comm;
 
-grpc::Status ToGrpc(const Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), s.message());
-}
-
 namespace {
-
-SteadyClock::time_point SteadyDeadline(const grpc::CallbackServerContext* ctx) {
-  const auto deadline = ctx->deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) return SteadyClock::time_point::max();
-  const auto left = deadline - std::chrono::system_clock::now();
-  return SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(left);
-}
 
 double Ms(SteadyClock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -75,7 +65,7 @@ class DeviceCall final : public grpc::ServerUnaryReactor {
   // Hands `job` to the route's device queue; `finish` fills the response on success.
   void Enqueue(const splitlearnd::Route& route, std::unique_ptr<Job> job, FinishFn finish) {
     job->model = route.model;
-    job->deadline = SteadyDeadline(ctx_);
+    job->deadline = SteadyDeadline(*ctx_);
     if (route.config.timeout_ms > 0) {
       job->deadline = std::min(job->deadline, SteadyClock::now() + std::chrono::milliseconds(route.config.timeout_ms));
     }
@@ -367,7 +357,7 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
     ApplyRouteSettings(*route_, &job->request);
     job->request.use_cache = true;
     job->request.session_id = session_id_;
-    job->deadline = SteadyDeadline(ctx_);
+    job->deadline = SteadyDeadline(*ctx_);
     job->cancelled = cancelled_;
     if (session_id_.empty()) {
       // First step: open the stream's session, then run the step, in one job.

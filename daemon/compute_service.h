@@ -17,6 +17,7 @@
 #include "compute.grpc.pb.h"
 #include "daemon/auth.h"
 #include "daemon/codec.h"
+#include "daemon/request_observer.h"
 #include "manager/model_manager.h"
 
 namespace splitlearnd {
@@ -40,13 +41,6 @@ class CallGate {
  private:
   std::atomic<int64_t> inflight_{0};
   std::atomic<bool> closed_{false};
-};
-
-// Per-request observations (metrics hook in later layers).
-class RequestObserver {
- public:
-  virtual ~RequestObserver() = default;
-  virtual void OnRequestDone(const std::string& model_id, StatusCode code, const JobTiming* timing) = 0;
 };
 
 class ComputeServiceImpl final : public splitlearn::comm::ComputeService::CallbackService {
@@ -110,7 +104,5 @@ class ComputeServiceImpl final : public splitlearn::comm::ComputeService::Callba
   bool stopping_ = false;
   std::thread maintenance_;
 };
-
-grpc::Status ToGrpc(const Status& s);
 
 }  // namespace splitlearnd

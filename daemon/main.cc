@@ -20,18 +20,20 @@
 #include <mutex>
 
 #include "common/cpus.h"
+#include "common/digest.h"
 #include "common/files.h"
 #include "config/config.h"
 #include "daemon/auth.h"
 #include "daemon/config_watcher.h"
 #include "daemon/logging.h"
-#include "daemon/management_service.h"
+#include "daemon/management_server.h"
 #include "daemon/metrics.h"
 #include "daemon/notifier.h"
 #include "daemon/reloader.h"
 #include "daemon/server.h"
 #include "daemon/tls.h"
 #include "manager/model_manager.h"
+#include "manager/torchscript/demo_shard.h"
 #include "manager/torchscript/torchscript.h"
 
 #ifndef SPLITLEARND_VERSION
@@ -243,7 +245,7 @@ int Run(const Options& opt) {
   hooks.on_version_released = [](const std::string& id, uint64_t version) {
     spdlog::info("model '{}' version {} unloaded: its last request finished and its memory is released", id, version);
   };
-  hooks.file_digest = [](const std::string& path) { return Sha256File(path); };
+  hooks.file_digest = [](const std::string& path) { return FileSha256(path); };
   ModelManager manager(MakeTorchScriptLoader(), hooks);
 
   ServerOptions server_options;
@@ -437,6 +439,19 @@ int Run(const Options& opt) {
   return 0;
 }
 
+// `splitlearnd make-demo-shard`: the daemon links libtorch anyway, so the shards are
+// written here (splitlearnctl's make-demo-shard runs this).
+int MakeDemoShard(const std::string& path, const std::string& kind, ShardSpec spec) {
+  spec.kind = kind == "tiny" ? ShardSpec::Kind::kTiny
+              : kind == "identity" ? ShardSpec::Kind::kIdentity : ShardSpec::Kind::kTransformer;
+  if (auto s = WriteShard(path, spec); !s.ok()) {
+    std::fprintf(stderr, "splitlearnd make-demo-shard: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::printf("wrote %s shard to %s\n", kind.c_str(), path.c_str());
+  return 0;
+}
+
 }  // namespace
 }  // namespace splitlearnd
 
@@ -453,7 +468,20 @@ int main(int argc, char** argv) {
   app.add_option("--ready-file", opt.ready_file,
                  "once ready, write the bound addresses to FILE as JSON (removed on exit)");
   app.add_flag("-V,--version", opt.version, "print the version and exit");
+  auto* shard = app.add_subcommand("make-demo-shard", "write a TorchScript shard with random weights and exit");
+  std::string shard_path, shard_kind = "transformer";
+  ShardSpec spec;
+  shard->add_option("path", shard_path, "where to write the .pt file")->required();
+  shard->add_option("--kind", shard_kind, "transformer, tiny (Linear+GELU) or identity")
+      ->check(CLI::IsMember({"transformer", "tiny", "identity"}))->capture_default_str();
+  shard->add_option("--layers", spec.layers, "transformer layers")->capture_default_str();
+  shard->add_option("--hidden", spec.hidden, "hidden size")->capture_default_str();
+  shard->add_option("--heads", spec.heads, "attention heads")->capture_default_str();
+  shard->add_option("--ffn", spec.ffn, "feed-forward size")->capture_default_str();
+  shard->add_flag("--causal", spec.causal, "causal self-attention");
+  shard->add_option("--seed", spec.seed, "random seed of the weights")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (*shard) return MakeDemoShard(shard_path, shard_kind, spec);
   ConfigureGrpcRuntime();
 
   if (opt.version) {

@@ -1,4 +1,5 @@
-// The management service (proto/management.proto) on its own listener.
+// The management service (proto/management.proto); ManagementServer
+// (management_server.h) serves it on a listener of its own.
 //
 // Synchronous gRPC on purpose: calls are rare, some wait for a load or a reload to
 // finish, and this server's threads never touch a device queue. Nothing here runs a
@@ -7,31 +8,28 @@
 // Model paths given to LoadModel are resolved with ResolveInsideRoot() before
 // anything is loaded, so a path that leaves model_root loads nothing.
 //
-// Who may call (docs/security.md): on a Unix socket the daemon accepts connections
-// itself and hands only those of allowed peers (SO_PEERCRED uid or group, see
-// Authenticator::AllowsUnixPeer) to gRPC; a token is optional there. Over TCP every
-// call needs a token with the management scope unless server.auth.management is none,
-// and the listener uses the TLS credentials it is given.
+// Every call first passes Authenticator::Check for the transport it came by, which
+// ManagementServer sets before it starts.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
-#include <atomic>
-#include <thread>
-
 #include <chrono>
 #include <functional>
-#include <memory>
 #include <mutex>
 #include <string>
 
 #include "daemon/auth.h"
+#include "daemon/metrics.h"
 #include "daemon/reloader.h"
 #include "management.grpc.pb.h"
-#include "daemon/metrics.h"
 #include "manager/model_manager.h"
 
 namespace splitlearnd {
+
+// The management protocol's package (proto/management.proto); `pb` is the compute
+// protocol's (splitlearn.comm) wherever it appears.
+namespace mgmt = splitlearn::manage;
 
 // What the service reports about the daemon around it.
 struct DaemonInfo {
@@ -45,28 +43,28 @@ struct DaemonInfo {
 
 // LoadModel with a path: checks the request (path inside model_root, id, device) and
 // returns the model to load. Touches nothing but the file system; fuzzed directly.
-StatusOr<ModelConfig> ModelForLoadPath(const Config& config, const splitlearn::manage::LoadModelRequest& req);
+StatusOr<ModelConfig> ModelForLoadPath(const Config& config, const mgmt::LoadModelRequest& req);
 
-class ManagementServiceImpl final : public splitlearn::manage::ManagementService::Service {
+class ManagementServiceImpl final : public mgmt::ManagementService::Service {
  public:
   ManagementServiceImpl(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info, const Authenticator* auth);
 
-  grpc::Status ListModels(grpc::ServerContext* ctx, const splitlearn::manage::ListModelsRequest* req,
-                          splitlearn::manage::ListModelsResponse* resp) override;
-  grpc::Status GetModel(grpc::ServerContext* ctx, const splitlearn::manage::GetModelRequest* req,
-                        splitlearn::manage::ModelInfo* resp) override;
-  grpc::Status LoadModel(grpc::ServerContext* ctx, const splitlearn::manage::LoadModelRequest* req,
-                         splitlearn::manage::ModelInfo* resp) override;
-  grpc::Status UnloadModel(grpc::ServerContext* ctx, const splitlearn::manage::UnloadModelRequest* req,
-                           splitlearn::manage::ModelInfo* resp) override;
-  grpc::Status ReloadModel(grpc::ServerContext* ctx, const splitlearn::manage::ReloadModelRequest* req,
-                           splitlearn::manage::ModelInfo* resp) override;
-  grpc::Status ReloadConfig(grpc::ServerContext* ctx, const splitlearn::manage::ReloadConfigRequest* req,
-                            splitlearn::manage::ReloadResult* resp) override;
-  grpc::Status GetStatus(grpc::ServerContext* ctx, const splitlearn::manage::GetStatusRequest* req,
-                         splitlearn::manage::StatusResponse* resp) override;
-  grpc::Status SetLogLevel(grpc::ServerContext* ctx, const splitlearn::manage::SetLogLevelRequest* req,
-                           splitlearn::manage::SetLogLevelResponse* resp) override;
+  grpc::Status ListModels(grpc::ServerContext* ctx, const mgmt::ListModelsRequest* req,
+                          mgmt::ListModelsResponse* resp) override;
+  grpc::Status GetModel(grpc::ServerContext* ctx, const mgmt::GetModelRequest* req,
+                        mgmt::ModelInfo* resp) override;
+  grpc::Status LoadModel(grpc::ServerContext* ctx, const mgmt::LoadModelRequest* req,
+                         mgmt::ModelInfo* resp) override;
+  grpc::Status UnloadModel(grpc::ServerContext* ctx, const mgmt::UnloadModelRequest* req,
+                           mgmt::ModelInfo* resp) override;
+  grpc::Status ReloadModel(grpc::ServerContext* ctx, const mgmt::ReloadModelRequest* req,
+                           mgmt::ModelInfo* resp) override;
+  grpc::Status ReloadConfig(grpc::ServerContext* ctx, const mgmt::ReloadConfigRequest* req,
+                            mgmt::ReloadResult* resp) override;
+  grpc::Status GetStatus(grpc::ServerContext* ctx, const mgmt::GetStatusRequest* req,
+                         mgmt::StatusResponse* resp) override;
+  grpc::Status SetLogLevel(grpc::ServerContext* ctx, const mgmt::SetLogLevelRequest* req,
+                           mgmt::SetLogLevelResponse* resp) override;
 
   void set_management_address(std::string address) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -82,10 +80,10 @@ class ManagementServiceImpl final : public splitlearn::manage::ManagementService
   // Waits (within the call's deadline) for the load of `id` started at `since`, and
   // turns its outcome into the answer.
   grpc::Status AwaitLoad(grpc::ServerContext* ctx, const std::string& id, const ModelStatus& before,
-                         splitlearn::manage::ModelInfo* resp);
-  void Fill(const ModelStatus& s, splitlearn::manage::ModelInfo* out) const;
+                         mgmt::ModelInfo* resp);
+  void Fill(const ModelStatus& s, mgmt::ModelInfo* out) const;
   // Requests, errors, latency quantiles and sessions of every model in `models`.
-  void AddTraffic(google::protobuf::RepeatedPtrField<splitlearn::manage::ModelInfo>* models) const;
+  void AddTraffic(google::protobuf::RepeatedPtrField<mgmt::ModelInfo>* models) const;
   std::string management_address() const {
     std::lock_guard<std::mutex> lock(mu_);
     return management_address_;
@@ -98,35 +96,6 @@ class ManagementServiceImpl final : public splitlearn::manage::ManagementService
   Transport transport_ = Transport::kNetwork;
   mutable std::mutex mu_;
   std::string management_address_;
-};
-
-class ManagementServer {
- public:
-  // `auth` must outlive the server.
-  ManagementServer(ModelManager* manager, ConfigReloader* reloader, DaemonInfo info, const Authenticator* auth);
-  ~ManagementServer();
-
-  // "unix:/path" or "host:port". A Unix socket is made group-writable (0660) so
-  // members of the daemon's group can use splitlearnctl; the peer check decides who
-  // actually may. `tcp_credentials`: for a TCP address (null: plaintext).
-  Status Start(const std::string& address, std::shared_ptr<grpc::ServerCredentials> tcp_credentials = nullptr);
-  const std::string& bound_address() const { return bound_address_; }
-  void Shutdown();
-
- private:
-  Status ListenUnix(const std::string& address, const std::string& path);
-  // The accept thread of a Unix socket: checks each peer, hands good ones to gRPC.
-  void AcceptLoop();
-
-  ManagementServiceImpl service_;
-  const Authenticator* auth_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
-  std::string bound_address_;
-  std::string socket_path_;
-  int listen_fd_ = -1;
-  int wake_fd_ = -1;  // an eventfd: written to stop the accept thread
-  std::thread accept_thread_;
 };
 
 }  // namespace splitlearnd

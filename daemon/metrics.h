@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "daemon/compute_service.h"
+#include "daemon/request_observer.h"
 #include "manager/model_manager.h"
 
 namespace prometheus {

@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <thread>
 
+#include "common/ids.h"
+
 namespace splitlearnd {
 
 void ConfigureGrpcRuntime() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); }
-
-std::string ModelHealthName(const std::string& model_id) { return "splitlearn.model/" + model_id; }
 
 Server::Server(ModelManager* manager, ServerOptions options)
     : manager_(manager), options_(std::move(options)), compute_(manager, options_.limits, options_.version) {
@@ -88,11 +88,11 @@ void Server::SetReady(bool ready) {
 
 void Server::OnModelState(const ModelStatus& status) {
   std::lock_guard<std::mutex> lock(health_mu_);
-  SetHealthLocked(ModelHealthName(status.id), status.state == ModelState::kReady);
+  SetHealthLocked(ModelHealthServiceName(status.id), status.state == ModelState::kReady);
   if (!follow_models_) return;
   // After the first READY, LoadModel, UnloadModel, ReloadModel and evictions change the
   // daemon-wide status too: serving while any model serves.
-  const std::string prefix = ModelHealthName("");
+  const std::string prefix = ModelHealthServiceName("");
   bool any = false;
   for (const auto& [name, serving] : pending_health_) any = any || (serving && name.rfind(prefix, 0) == 0);
   SetDaemonHealthLocked(any);

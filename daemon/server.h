@@ -40,9 +40,6 @@ std::unique_ptr<grpc::ServerBuilderOption> WithoutReflection();
 // Abseil, built without NDEBUG, runs on every mutex gRPC takes.
 void ConfigureGrpcRuntime();
 
-// grpc.health.v1 service name of one model.
-std::string ModelHealthName(const std::string& model_id);
-
 class Server {
  public:
   Server(ModelManager* manager, ServerOptions options);

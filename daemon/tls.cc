@@ -1,6 +1,5 @@
 #include "daemon/tls.h"
 
-#include <fcntl.h>
 #include <grpcpp/security/tls_credentials_options.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -14,8 +13,8 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+
+#include "common/files.h"
 
 namespace splitlearnd {
 namespace {
@@ -45,15 +44,10 @@ std::string OpenSslError() {
   return reason ? reason : "unknown error";
 }
 
-StatusOr<std::string> ReadFile(const std::string& key, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(key + ": cannot open " + path + ": " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Internal(key + ": cannot read " + path);
-  std::string s = text.str();
-  if (s.size() > kMaxPemBytes) return InvalidArgument(key + ": " + path + " is larger than 1 MiB");
-  return s;
+StatusOr<std::string> ReadPem(const std::string& key, const std::string& path) {
+  auto text = ReadWholeFile(key, path);
+  if (text.ok() && text->size() > kMaxPemBytes) return InvalidArgument(key + ": " + path + " is larger than 1 MiB");
+  return text;
 }
 
 // Every certificate in `pem`; at least one.
@@ -102,36 +96,8 @@ int NoPassphrase(char*, int, int, void*) { return -1; }
 // gRPC's file watcher reads the key and the chain one after the other and retries when
 // a file's mtime (in whole seconds) changed meanwhile. The new file gets an mtime later
 // than the old one's, so a swap between the two reads is always noticed.
-Status WriteAtomically(const std::string& folder, const std::string& name, const std::string& data) {
-  const std::string path = folder + "/" + name;
-  const std::string tmp = path + ".tmp";
-  struct stat old {};
-  const bool replacing = stat(path.c_str(), &old) == 0;
-  unlink(tmp.c_str());
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return Internal("cannot write " + tmp + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      close(fd);
-      unlink(tmp.c_str());
-      return Internal("cannot write " + tmp + ": " + std::strerror(err));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (replacing && std::time(nullptr) <= old.st_mtime) {
-    timespec times[2] = {{0, UTIME_OMIT}, {old.st_mtime + 1, 0}};
-    futimens(fd, times);
-  }
-  if (close(fd) != 0 || rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    unlink(tmp.c_str());
-    return Internal("cannot write " + path + ": " + std::strerror(err));
-  }
-  return Status::Ok();
+Status WritePrivate(const std::string& folder, const std::string& name, const std::string& data) {
+  return WriteFileAtomicallyNewerMtime(folder + "/" + name, data, 0600);
 }
 
 StatusOr<std::string> MakePrivateFolder() {
@@ -159,12 +125,12 @@ StatusOr<std::string> MakePrivateFolder() {
 
 StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& tls, std::vector<std::string>* warnings) {
   TlsMaterial m;
-  auto cert_text = ReadFile("server.tls.cert_file", tls.cert_file);
+  auto cert_text = ReadPem("server.tls.cert_file", tls.cert_file);
   if (!cert_text.ok()) return cert_text.status();
   auto chain = ParseCertificates("server.tls.cert_file", tls.cert_file, *cert_text);
   if (!chain.ok()) return chain.status();
 
-  auto key_text = ReadFile("server.tls.key_file", tls.key_file);
+  auto key_text = ReadPem("server.tls.key_file", tls.key_file);
   if (!key_text.ok()) return key_text.status();
   ERR_clear_error();
   BioPtr key_bio(BIO_new_mem_buf(key_text->data(), static_cast<int>(key_text->size())));
@@ -202,7 +168,7 @@ StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& tls, std::vector<std::str
   m.summary = "certificate " + Subject(leaf) + ", valid until " + not_after;
 
   if (!tls.client_ca_file.empty()) {
-    auto ca_text = ReadFile("server.tls.client_ca_file", tls.client_ca_file);
+    auto ca_text = ReadPem("server.tls.client_ca_file", tls.client_ca_file);
     if (!ca_text.ok()) return ca_text.status();
     auto cas = ParseCertificates("server.tls.client_ca_file", tls.client_ca_file, *ca_text);
     if (!cas.ok()) return cas.status();
@@ -272,10 +238,10 @@ StatusOr<bool> TlsServer::Install(const TlsMaterial& material) {
   // The CA first: a client certificate signed by the new CA may come with the new
   // server certificate.
   if (!material.client_ca_pem.empty() && material.client_ca_pem != current_.client_ca_pem) {
-    if (auto s = WriteAtomically(folder_, kClientCaFile, material.client_ca_pem); !s.ok()) return s;
+    if (auto s = WritePrivate(folder_, kClientCaFile, material.client_ca_pem); !s.ok()) return s;
   }
   if (material.identity_pem != current_.identity_pem) {
-    if (auto s = WriteAtomically(folder_, kIdentityFile, material.identity_pem); !s.ok()) return s;
+    if (auto s = WritePrivate(folder_, kIdentityFile, material.identity_pem); !s.ok()) return s;
   }
   current_ = material;
   return true;

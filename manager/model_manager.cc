@@ -1,36 +1,13 @@
 #include "manager/model_manager.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <filesystem>
-#include <future>
-#include <thread>
+#include <chrono>
+#include <utility>
+
+#include "manager/device_limits.h"
+#include "manager/model_manager_entry.h"
 
 namespace splitlearnd {
-
-const char* ModelStateName(ModelState s) {
-  switch (s) {
-    case ModelState::kLoading: return "LOADING";
-    case ModelState::kReady: return "READY";
-    case ModelState::kUnloading: return "UNLOADING";
-    case ModelState::kFailed: return "FAILED";
-    case ModelState::kUnloaded: return "UNLOADED";
-  }
-  return "?";
-}
-
-struct ModelManager::Entry {
-  ModelConfig config;                     // the desired config
-  std::shared_ptr<const Route> serving;  // the version requests go to; null when none
-  ModelStatus status;
-  bool from_config = true;
-  uint64_t load_generation = 0;          // of the load in flight (0: none)
-  FileFingerprint fingerprint;           // of the file the serving (or last) version came from
-  FileFingerprint pending_fingerprint;   // of the file the load in flight reads
-  std::string digest;                    // of the serving version's file ("" when unknown)
-  std::shared_ptr<std::atomic<int64_t>> last_used_ns = std::make_shared<std::atomic<int64_t>>(0);
-};
 
 // Lets a model's last handle report back after the model is gone, without keeping
 // the manager alive or touching it after it was destroyed.
@@ -39,95 +16,26 @@ struct ModelManager::ReleaseSink {
   ModelManager* manager = nullptr;
 };
 
-struct ModelManager::LoadOutcome {
-  StatusOr<std::shared_ptr<Model>> loaded = Status(StatusCode::kUnknown, "not loaded");
-  bool unchanged = false;  // the digest matched the serving version: nothing was loaded
-  double seconds = 0;
-  FileFingerprint fingerprint;
-  std::string digest;
-};
-
 namespace {
-
-namespace fs = std::filesystem;
 
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
-// Config fields that a running model cannot take without being loaded again.
-bool SameLoad(const ModelConfig& a, const ModelConfig& b) {
-  auto spec_eq = [](const TensorSpec& x, const TensorSpec& y) {
-    return x.name == y.name && x.shape == y.shape && x.dtype == y.dtype;
-  };
-  if (a.path != b.path || a.device != b.device || a.sha256 != b.sha256 || a.warmup.runs != b.warmup.runs ||
-      a.warmup.inputs.size() != b.warmup.inputs.size() || a.compute_dtype != b.compute_dtype ||
-      a.training.enabled != b.training.enabled || a.training.optimizer != b.training.optimizer ||
-      a.training.learning_rate != b.training.learning_rate || a.training.momentum != b.training.momentum ||
-      a.training.checkpoint_path != b.training.checkpoint_path || a.blas_threads != b.blas_threads ||
-      a.optimize != b.optimize || a.prepack_linear != b.prepack_linear) {
-    return false;
-  }
-  for (size_t i = 0; i < a.warmup.inputs.size(); ++i) {
-    if (!spec_eq(a.warmup.inputs[i], b.warmup.inputs[i])) return false;
-  }
-  return true;
-}
-
-bool Inside(const fs::path& base, const fs::path& p) {
-  const fs::path rel = p.lexically_relative(base);
-  return !rel.empty() && rel != "." && *rel.begin() != "..";
-}
-
 }  // namespace
-
-FileFingerprint FingerprintFile(const std::string& path) {
-  FileFingerprint f;
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return f;
-  f.exists = true;
-  f.device = static_cast<uint64_t>(st.st_dev);
-  f.inode = static_cast<uint64_t>(st.st_ino);
-  f.size = static_cast<int64_t>(st.st_size);
-  f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
-  return f;
-}
-
-StatusOr<std::string> ResolveInsideRoot(const std::string& root, const std::string& requested) {
-  if (requested.empty()) return InvalidArgument("the model path is empty");
-  const fs::path p(requested);
-  for (const auto& part : p) {
-    if (part == "..") return InvalidArgument("model path '" + requested + "' contains '..'");
-  }
-  std::error_code ec;
-  const fs::path root_real = fs::canonical(root, ec);
-  if (ec) return FailedPrecondition("model_root " + root + " is not usable: " + ec.message());
-  fs::path candidate;
-  if (p.is_absolute()) {
-    const fs::path norm = p.lexically_normal();
-    if (!Inside(fs::path(root).lexically_normal(), norm) && !Inside(root_real, norm)) {
-      return PermissionDenied("model path '" + requested + "' is outside model_root " + root);
-    }
-    candidate = norm;
-  } else {
-    candidate = root_real / p;
-  }
-  const fs::path real = fs::canonical(candidate, ec);
-  if (ec) return NotFound("model file '" + requested + "' not found under model_root " + root);
-  if (!Inside(root_real, real)) {
-    return PermissionDenied("model path '" + requested + "' leads to " + real.string() + ", outside model_root " +
-                            root);
-  }
-  if (!fs::is_regular_file(real, ec)) return InvalidArgument("model path '" + requested + "' is not a regular file");
-  return real.string();
-}
 
 ModelManager::ModelManager(std::shared_ptr<ModelLoader> loader, Hooks hooks)
     : loader_(std::move(loader)),
       hooks_(std::move(hooks)),
       loader_thread_(std::make_shared<TaskThread>()),
       release_sink_(std::make_shared<ReleaseSink>()),
+      version_loader_(loader_, hooks_.file_digest,
+                      [this](const std::string& device) {
+                        std::lock_guard<std::mutex> lock(mu_);
+                        return QueueFor(device);
+                      },
+                      shut_down_),
       routing_(std::make_shared<Routing>()) {
   release_sink_->manager = this;
 }
@@ -136,23 +44,6 @@ ModelManager::~ModelManager() {
   Shutdown();
   std::lock_guard<std::mutex> lock(release_sink_->mu);
   release_sink_->manager = nullptr;
-}
-
-ModelStatus ModelManager::StatusOf(const Entry& e) const {
-  ModelStatus s = e.status;
-  s.from_config = e.from_config;
-  s.is_default = !default_id_.empty() && e.config.id == default_id_;
-  s.load_pending = e.load_generation != 0;
-  s.timeout_ms = e.config.timeout_ms;
-  s.max_batch_size = e.config.batching.max_batch_size;
-  const int64_t ns = e.last_used_ns->load(std::memory_order_relaxed);
-  s.last_used = std::chrono::system_clock::time_point(
-      std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::nanoseconds(ns)));
-  if (!e.serving) {
-    s.device = e.config.device;
-    s.path = e.config.path;
-  }
-  return s;
 }
 
 void ModelManager::SetState(Entry& e, ModelState s, std::string error, StatusCode code) {
@@ -314,102 +205,25 @@ void ModelManager::StartLoad(Entry& e, const FileFingerprint& fingerprint, std::
   e.load_generation = generation;
   e.pending_fingerprint = fingerprint;
   ++pending_loads_;
+  VersionLoader::Request request;
+  request.config = e.config;
+  request.fingerprint = fingerprint;
+  request.expected_digest = std::move(expected_digest);
   // A model training on the server with a checkpoint: the new version resumes from the
   // checkpoint, so the serving version writes it first (on its worker, between its own
   // jobs), and the new version starts from what was learnt up to its load.
-  std::shared_ptr<const Route> checkpoint_first;
   if (e.serving && e.serving->config.training.enabled && !e.serving->config.training.checkpoint_path.empty() &&
       e.config.training.enabled && e.config.training.checkpoint_path == e.serving->config.training.checkpoint_path) {
-    checkpoint_first = e.serving;
+    request.checkpoint_model = e.serving->model;
+    request.checkpoint_queue = e.serving->queue;
   }
-  loader_thread_->Post([this, config = e.config, generation, fingerprint, expected = std::move(expected_digest),
-                        checkpoint_first = std::move(checkpoint_first)]() mutable {
-    LoadOutcome out;
-    out.fingerprint = fingerprint;
-    if (shut_down_) {  // the loader is draining its queue at shutdown: load nothing
-      out.loaded = Unavailable("splitlearnd is shutting down");
-      return FinishLoad(config.id, generation, std::move(out));
-    }
-    if (hooks_.file_digest) {
-      auto digest = hooks_.file_digest(config.path);
-      if (digest.ok()) out.digest = std::move(digest.value());
-    }
-    if (!expected.empty() && out.digest == expected) {
-      out.unchanged = true;
-    } else {
-      const auto t0 = SteadyClock::now();
-      Status saved;
-      if (checkpoint_first) {
-        const std::string path = config.training.checkpoint_path;
-        auto job = std::make_unique<Job>();
-        // Non-owning, as for warmup: `checkpoint_first` keeps the model alive until the
-        // job is done, so the worker never frees it.
-        job->model = ModelHandle(ModelHandle(), checkpoint_first->model.get());
-        job->custom = [path](const Model& m) -> StatusOr<InferenceResult> {
-          if (auto s = m.SaveCheckpoint(path); !s.ok()) return s;
-          return InferenceResult{};
-        };
-        saved = RunOnWorker(checkpoint_first->queue, std::move(job));
-        if (saved.code() == StatusCode::kFailedPrecondition) saved = Status::Ok();  // not trained here: nothing to carry
-        checkpoint_first.reset();
-      }
-      if (!saved.ok()) {
-        // Loading now would start the new version from an older state: keep the one
-        // that serves (and what it learnt), and say why.
-        out.loaded = Status(saved.code(), "the serving version's checkpoint, written before a new version loads, failed: " +
-                                              saved.message());
-      } else {
-        out.loaded = loader_->Load(config);
-      }
-      if (out.loaded.ok() && !config.warmup.inputs.empty()) {
-        Status warm = WarmOnWorker(config, *out.loaded.value());
-        if (!warm.ok()) out.loaded = warm;  // the model is freed here, on the loader thread
-      }
-      out.seconds = std::chrono::duration<double>(SteadyClock::now() - t0).count();
-    }
-    FinishLoad(config.id, generation, std::move(out));
+  loader_thread_->Post([this, generation, request = std::move(request)]() mutable {
+    const std::string id = request.config.id;
+    FinishLoad(id, generation, version_loader_.Load(std::move(request)));
   });
 }
 
-Status ModelManager::WarmOnWorker(const ModelConfig& config, const Model& model) {
-  std::shared_ptr<DeviceQueue> queue;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue = QueueFor(config.device);
-  }
-  auto job = std::make_unique<Job>();
-  // A non-owning handle: this thread owns the model and waits below until the worker
-  // is done with it, so the model is never freed on the worker.
-  job->model = ModelHandle(ModelHandle(), &model);
-  job->internal = true;
-  job->custom = [max_batch = config.batching.max_batch_size](const Model& m) -> StatusOr<InferenceResult> {
-    try {
-      Status s = m.Warmup(max_batch);
-      if (!s.ok()) return s;
-      return InferenceResult{};
-    } catch (const std::exception& e) {
-      return Internal("warmup of '" + m.id() + "' threw: " + e.what());
-    }
-  };
-  return RunOnWorker(queue, std::move(job));
-}
-
-Status ModelManager::RunOnWorker(const std::shared_ptr<DeviceQueue>& queue, std::unique_ptr<Job> job) {
-  auto result = std::make_shared<std::promise<Status>>();
-  std::future<Status> finished = result->get_future();
-  job->internal = true;
-  job->done = [result](StatusOr<InferenceResult> r, const JobTiming&) { result->set_value(r.status()); };
-  // A full queue (the device busy serving) delays the job; it never skips it.
-  while (true) {
-    Status s = queue->TryEnqueue(job);
-    if (s.ok()) break;
-    if (s.code() != StatusCode::kResourceExhausted || shut_down_) return s;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return finished.get();
-}
-
-void ModelManager::FinishLoad(const std::string& id, uint64_t generation, LoadOutcome outcome) {
+void ModelManager::FinishLoad(const std::string& id, uint64_t generation, VersionLoad outcome) {
   std::shared_ptr<Model> discard;  // destroyed after the lock is released
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -464,53 +278,18 @@ void ModelManager::FinishLoad(const std::string& id, uint64_t generation, LoadOu
 }
 
 Status ModelManager::CheckLimitsLocked(const std::string& id, const std::string& device, int64_t incoming) {
-  const DeviceConfig& d = DeviceSettings(device);
-  if (d.max_models <= 0 && d.memory_budget_bytes <= 0) return Status::Ok();
-  if (d.memory_budget_bytes > 0 && incoming > d.memory_budget_bytes) {
-    return ResourceExhausted("model '" + id + "' needs " + std::to_string(incoming) + " bytes, more than the " +
-                             std::to_string(d.memory_budget_bytes) + "-byte memory_budget_bytes of device " + device);
-  }
-  struct Other {
-    std::string id;
-    int64_t bytes;
-    int64_t last_used;
-  };
-  std::vector<Other> others;
-  int64_t used = 0;
+  std::vector<ResidentModel> residents;
   for (const auto& [other_id, e] : entries_) {
     if (other_id == id || !e.serving || e.serving->config.device != device) continue;
     // Never used since it loaded: its load time stands in, so a fresh model is not the first to go.
     const int64_t loaded = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                e.status.loaded_at.time_since_epoch()).count();
-    others.push_back(
-        Other{other_id, e.status.parameter_bytes, std::max(loaded, e.last_used_ns->load(std::memory_order_relaxed))});
-    used += e.status.parameter_bytes;
+    residents.push_back(ResidentModel{other_id, e.status.parameter_bytes,
+                                      std::max(loaded, e.last_used_ns->load(std::memory_order_relaxed))});
   }
-  size_t count = others.size();
-  auto over = [&] {
-    return (d.max_models > 0 && count + 1 > static_cast<size_t>(d.max_models)) ||
-           (d.memory_budget_bytes > 0 && used + incoming > d.memory_budget_bytes);
-  };
-  if (!over()) return Status::Ok();
-  if (!d.evict_lru) {
-    if (d.max_models > 0 && count + 1 > static_cast<size_t>(d.max_models)) {
-      return ResourceExhausted("device " + device + " already holds " + std::to_string(count) +
-                               " model(s), its max_models; unload one, raise the limit or set evict_lru");
-    }
-    return ResourceExhausted("loading model '" + id + "' (" + std::to_string(incoming) + " bytes) would bring device " +
-                             device + " to " + std::to_string(used + incoming) + " bytes, over its " +
-                             std::to_string(d.memory_budget_bytes) +
-                             "-byte memory_budget_bytes; unload a model, raise the budget or set evict_lru");
-  }
-  std::sort(others.begin(), others.end(), [](const Other& a, const Other& b) { return a.last_used < b.last_used; });
-  std::vector<std::string> victims;
-  for (const Other& o : others) {
-    if (!over()) break;
-    victims.push_back(o.id);
-    --count;
-    used -= o.bytes;
-  }
-  for (const std::string& v : victims) {
+  auto victims = MakeRoom(DeviceSettings(device), device, id, incoming, std::move(residents));
+  if (!victims.ok()) return victims.status();
+  for (const std::string& v : victims.value()) {
     Entry& e = entries_.at(v);
     RetireLocked(e);
     if (e.from_config) {
@@ -651,71 +430,6 @@ bool ModelManager::WaitForModel(const std::string& id, std::chrono::milliseconds
     auto it = entries_.find(id);
     return it == entries_.end() || it->second.load_generation == 0;
   });
-}
-
-std::vector<ModelStatus> ModelManager::ListModels() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<ModelStatus> out;
-  for (const auto& [id, e] : entries_) out.push_back(StatusOf(e));
-  return out;
-}
-
-std::optional<ModelStatus> ModelManager::GetModel(const std::string& id) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return std::nullopt;
-  return StatusOf(it->second);
-}
-
-std::vector<ModelStatus> ModelManager::ListDraining() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<ModelStatus> out;
-  for (const auto& [version, s] : draining_) out.push_back(s);
-  return out;
-}
-
-std::vector<DeviceStatus> ModelManager::ListDevices() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<DeviceStatus> out;
-  for (const auto& [name, q] : queues_) {
-    DeviceStatus d{name, q->depth(), q->capacity(), q->worker_alive(), q->jobs_run(), q->batches_run()};
-    const DeviceConfig& c = DeviceSettings(name);
-    d.max_models = c.max_models;
-    d.memory_budget_bytes = c.memory_budget_bytes;
-    d.evict_lru = c.evict_lru;
-    for (const auto& [id, e] : entries_) {
-      if (e.serving && e.serving->config.device == name) {
-        ++d.models;
-        d.memory_used_bytes += e.status.parameter_bytes;
-      }
-    }
-    out.push_back(d);
-  }
-  return out;
-}
-
-bool ModelManager::AllWorkersAlive() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [name, q] : queues_) {
-    if (!q->worker_alive()) return false;
-  }
-  return true;
-}
-
-bool ModelManager::AllReady() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [id, e] : entries_) {
-    if (e.status.state == ModelState::kUnloaded) continue;
-    if (!e.serving) return false;
-  }
-  return pending_loads_ == 0;
-}
-
-int ModelManager::ServingCount() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  int n = 0;
-  for (const auto& [id, e] : entries_) n += e.serving ? 1 : 0;
-  return n;
 }
 
 void ModelManager::Shutdown() {

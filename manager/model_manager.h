@@ -15,6 +15,11 @@
 // finishes: over a limit the load is refused, or where the device says evict_lru the
 // least recently used models of that device are unloaded to make room.
 //
+// Its parts: VersionLoader (version_loader.h) builds a version on the loader thread,
+// MakeRoom (device_limits.h) applies a device's limits, model_manager_status.cc has
+// the status views; model_manager.cc keeps the states, the routing and the calls
+// that change them.
+//
 // Thread safety: every public method may be called from any thread. Lookup() is the
 // hot path: it copies one shared_ptr under a short lock and stamps the model's
 // last-use time (one relaxed atomic store).
@@ -32,11 +37,13 @@
 #include <string>
 #include <vector>
 
+#include "common/digest.h"
 #include "common/status.h"
 #include "config/config.h"
 #include "manager/device_queue.h"
 #include "manager/model.h"
 #include "manager/task_thread.h"
+#include "manager/version_loader.h"
 
 namespace splitlearnd {
 
@@ -58,27 +65,6 @@ struct Route {
   // one model id, for least-recently-used eviction and status.
   std::shared_ptr<std::atomic<int64_t>> last_used_ns;
 };
-
-// Identity of a file's bytes as far as stat(2) can tell: a rename over the file, an
-// in-place rewrite or a new symlink target all change it.
-struct FileFingerprint {
-  bool exists = false;
-  uint64_t device = 0;
-  uint64_t inode = 0;
-  int64_t size = 0;
-  int64_t mtime_ns = 0;
-  bool operator==(const FileFingerprint& o) const {
-    return exists == o.exists && device == o.device && inode == o.inode && size == o.size && mtime_ns == o.mtime_ns;
-  }
-  bool operator!=(const FileFingerprint& o) const { return !(*this == o); }
-};
-FileFingerprint FingerprintFile(const std::string& path);
-
-// Resolves `requested` (relative to `root`, or absolute) to a real path inside `root`.
-// INVALID_ARGUMENT for an empty path or one with a ".." component; PERMISSION_DENIED
-// for an absolute path outside the root or a symlink that leads out of it; NOT_FOUND
-// when it does not exist; INVALID_ARGUMENT when it is not a regular file.
-StatusOr<std::string> ResolveInsideRoot(const std::string& root, const std::string& requested);
 
 struct ModelStatus {
   std::string id;
@@ -192,7 +178,6 @@ class ModelManager {
     RouteMap routes;
     std::string default_id;
   };
-  struct LoadOutcome;
 
   std::shared_ptr<DeviceQueue> QueueFor(const std::string& device);
   const DeviceConfig& DeviceSettings(const std::string& device) const;
@@ -200,13 +185,7 @@ class ModelManager {
   std::vector<int> WorkerCpus(const std::string& device) const;
   // `expected_digest` non-empty: skip the load if the file's digest equals it.
   void StartLoad(Entry& e, const FileFingerprint& fingerprint, std::string expected_digest = "");
-  void FinishLoad(const std::string& id, uint64_t generation, LoadOutcome outcome);
-  // Runs Model::Warmup on the worker of the model's device and waits for it (loader
-  // thread): the worker that will serve the model is the one that gets warm.
-  Status WarmOnWorker(const ModelConfig& config, const Model& model);
-  // On the loader thread: `job` (internal, custom) on `queue`, waiting while the queue is
-  // full; returns the job's status.
-  Status RunOnWorker(const std::shared_ptr<DeviceQueue>& queue, std::unique_ptr<Job> job);
+  void FinishLoad(const std::string& id, uint64_t generation, VersionLoad outcome);
   // Makes room on `device` for `incoming` (bytes) of model `id`, evicting where allowed.
   Status CheckLimitsLocked(const std::string& id, const std::string& device, int64_t incoming);
   void RetireLocked(Entry& e);  // serving version -> draining
@@ -234,6 +213,7 @@ class ModelManager {
   uint64_t generation_ = 0;
   uint64_t next_version_ = 1;
   std::atomic<bool> shut_down_{false};
+  VersionLoader version_loader_;  // runs on loader_thread_ only
 
   mutable std::mutex routing_mu_;
   std::shared_ptr<const Routing> routing_;

@@ -63,7 +63,7 @@ shard="$model_root/demo-trunk.pt"
 if [ ! -f "$shard" ]; then
   echo "== writing the demo trunk shard to $shard"
   $sudo mkdir -p "$model_root"
-  $sudo "$build/client/splitlearnctl" make-demo-shard "$shard"
+  $sudo "$build/daemon/splitlearnd" make-demo-shard "$shard"
 fi
 echo "== starting splitlearnd on $config (Ctrl-C stops it)"
 echo "   try: $build/client/splitlearnctl infer --shape 1x10x768"

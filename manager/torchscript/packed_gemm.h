@@ -5,9 +5,9 @@
 // Why: OpenBLAS copies ("packs") the whole weight into its kernel's layout on every
 // call. At the row counts a serving batch has (a few requests of a few rows each)
 // that copy is a large share of a Linear layer's time: 768x768 at 40 rows, 16 % of a
-// device worker's samples. Packing once at load removes it; the kernel below is the
-// usual register-blocked one (AVX2/FMA or AVX-512), blocked for L1 over K and for L2
-// over M.
+// device worker's samples. Packing once at load removes it; the kernels
+// (packed_gemm_avx2.cc, packed_gemm_avx512.cc) are the usual register-blocked ones,
+// blocked for L1 over K and for L2 over M (packed_gemm.cc).
 #pragma once
 
 #include <cstddef>

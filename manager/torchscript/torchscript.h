@@ -1,10 +1,10 @@
 // The TorchScript adapter: loads .pt files (and .pt2 AOTInductor packages, see
 // aoti_model.h) with libtorch and runs them as Models.
 //
-// This header is libtorch-free on purpose; torchscript.cc (with optimize.h beside it)
-// is the only code of the daemon that includes libtorch (it is slow to compile, and a
-// CUDA libtorch carries protobuf headers that clash with the system's). bench/inprocess
-// includes libtorch too, to time exactly what the daemon runs.
+// This header is libtorch-free on purpose: only the adapter's own files include
+// libtorch (it is slow to compile, and a CUDA libtorch carries protobuf headers that
+// clash with the system's). bench/inprocess includes libtorch too, to time exactly what
+// the daemon runs. Demo shards: demo_shard.h.
 #pragma once
 
 #include <memory>
@@ -47,20 +47,5 @@ std::shared_ptr<ModelLoader> MakeTorchScriptLoader();
 // (an AOTInductor package on libtorch before 2.6), with what it needs; OK otherwise.
 // --check-config and every reload ask it before anything loads.
 Status CheckModelFormats(const Config& config);
-
-// Demo and benchmark shards written through libtorch, so nothing needs Python.
-struct ShardSpec {
-  enum class Kind { kTransformer, kTiny, kIdentity } kind = Kind::kTransformer;
-  int layers = 2;
-  int hidden = 768;
-  int heads = 12;
-  int ffn = 3072;
-  bool causal = false;
-  uint64_t seed = 0;
-};
-Status WriteShard(const std::string& path, const ShardSpec& spec);
-
-// Lower-case hex SHA-256 of a file.
-StatusOr<std::string> Sha256File(const std::string& path);
 
 }  // namespace splitlearnd
