@@ -21,7 +21,8 @@ namespace {
 namespace pb = splitlearn::comm;
 
 // Echoes inputs back. Model "flaky" fails the first `failures` attempts with
-// `failure_code`; "bad" answers INVALID_ARGUMENT; "slow" sleeps before answering.
+// `failure_code`; "bad" answers INVALID_ARGUMENT; "slow" answers only once the call is
+// cancelled (its deadline passed).
 class FakeService final : public pb::ComputeService::Service {
  public:
   std::atomic<int> attempts{0};

@@ -5,23 +5,22 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "common/cpus.h"
+#include "tests/support/temp_dir.h"
 
 using namespace splitlearnd;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A temp dir with one empty model file, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/slcfgXXXXXX";
-    path = mkdtemp(tmpl);
-    std::ofstream(path / "m.pt") << "x";
-  }
-  ~TempDir() { fs::remove_all(path); }
+// A temp dir with one model file, m.pt.
+struct TempDir : testing::TempDir {
+  TempDir() { Write("m.pt", "x"); }
 };
 
 // Model paths resolve inside the temp dir unless the text sets its own model_root.
@@ -342,4 +341,114 @@ TEST_CASE("CPU list parsing and formatting round-trip") {
     CHECK_THAT(refused.message(), Catch::Contains("server.cpus") && Catch::Contains("1023") &&
                                       Catch::Contains(FormatCpuList(allowed)));
   }
+}
+
+TEST_CASE("model ids: letters, digits, '-', '_' and '.', 1 to 128 of them") {
+  TempDir dir;
+  auto model = [&](const std::string& id) { return Parse(dir, "models:\n  - {id: \"" + id + "\", path: m.pt}\n"); };
+  CHECK(model("trunk-v2_1.0").ok());
+  CHECK(model(std::string(128, 'a')).ok());
+  CHECK_THAT(model(std::string(129, 'a')).status().message(),
+             Catch::Contains("models[0].id") && Catch::Contains("must be 1 to 128 characters"));
+  for (const char* bad : {"a b", "a/b", "caf\xc3\xa9", ""}) {
+    INFO(bad);
+    auto c = model(bad);
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("models[0].id"));
+  }
+}
+
+namespace {
+
+// The number of fields of an aggregate: the most initializers T{...} takes.
+struct AnyField {
+  template <typename T>
+  operator T() const;
+};
+template <typename T, typename Seq, typename = void>
+struct BraceInitializable : std::false_type {};
+template <typename T, size_t... I>
+struct BraceInitializable<T, std::index_sequence<I...>, std::void_t<decltype(T{(void(I), AnyField{})...})>>
+    : std::true_type {};
+template <typename T, size_t N = 0>
+constexpr size_t FieldCount() {
+  if constexpr (BraceInitializable<T, std::make_index_sequence<N + 1>>::value) {
+    return FieldCount<T, N + 1>();
+  } else {
+    return N;
+  }
+}
+
+struct FieldChange {
+  const char* field;
+  ModelChange expected;
+  std::function<void(ModelConfig&)> change;
+};
+
+}  // namespace
+
+TEST_CASE("CompareModels knows every ModelConfig field: a change of any one is seen, and of the right kind") {
+  ModelConfig base;
+  base.id = "a";
+  base.path = "/models/a.pt";
+  base.warmup.inputs = {TensorSpec{"x", {1, 4}, DType::kFloat32}};
+  constexpr auto kNew = ModelChange::kNewLoad;
+  constexpr auto kInPlace = ModelChange::kInPlace;
+  // One row per leaf field, with the reload column of docs/configuration.md.
+  const std::vector<FieldChange> fields = {
+      {"id", kInPlace, [](ModelConfig& m) { m.id = "b"; }},
+      {"path", kNew, [](ModelConfig& m) { m.path = "/models/b.pt"; }},
+      {"device", kNew, [](ModelConfig& m) { m.device = "cuda:0"; }},
+      {"default", kInPlace, [](ModelConfig& m) { m.is_default = true; }},
+      {"sha256", kNew, [](ModelConfig& m) { m.sha256 = std::string(64, 'a'); }},
+      {"warmup.inputs", kNew, [](ModelConfig& m) { m.warmup.inputs.push_back(m.warmup.inputs[0]); }},
+      {"warmup.runs", kNew, [](ModelConfig& m) { m.warmup.runs = 3; }},
+      {"batching.max_batch_size", kInPlace, [](ModelConfig& m) { m.batching.max_batch_size = 8; }},
+      {"batching.max_delay_us", kInPlace, [](ModelConfig& m) { m.batching.max_delay_us = 500; }},
+      {"timeout_ms", kInPlace, [](ModelConfig& m) { m.timeout_ms = 100; }},
+      {"blas_threads", kNew, [](ModelConfig& m) { m.blas_threads = 2; }},
+      {"optimize", kNew, [](ModelConfig& m) { m.optimize = true; }},
+      {"prepack_linear", kNew, [](ModelConfig& m) { m.prepack_linear = true; }},
+      {"compute_dtype", kNew, [](ModelConfig& m) { m.compute_dtype = DType::kBFloat16; }},
+      {"sessions.max_sessions", kInPlace, [](ModelConfig& m) { m.sessions.max_sessions = 1; }},
+      {"sessions.idle_timeout_s", kInPlace, [](ModelConfig& m) { m.sessions.idle_timeout_s = 1; }},
+      {"sessions.max_bytes", kInPlace, [](ModelConfig& m) { m.sessions.max_bytes = 1; }},
+      {"training.enabled", kNew, [](ModelConfig& m) { m.training.enabled = true; }},
+      {"training.optimizer", kNew, [](ModelConfig& m) { m.training.optimizer = "adam"; }},
+      {"training.learning_rate", kNew, [](ModelConfig& m) { m.training.learning_rate = 0.5; }},
+      {"training.momentum", kNew, [](ModelConfig& m) { m.training.momentum = 0.9; }},
+      {"training.checkpoint_path", kNew, [](ModelConfig& m) { m.training.checkpoint_path = "/c.pt"; }},
+      {"training.max_graphs", kInPlace, [](ModelConfig& m) { m.training.max_graphs = 1; }},
+      {"training.max_graph_bytes", kInPlace, [](ModelConfig& m) { m.training.max_graph_bytes = 1; }},
+      {"training.graph_ttl_s", kInPlace, [](ModelConfig& m) { m.training.graph_ttl_s = 1; }},
+  };
+  const std::vector<FieldChange> spec_fields = {
+      {"warmup.inputs[].name", kNew, [](ModelConfig& m) { m.warmup.inputs[0].name = "y"; }},
+      {"warmup.inputs[].shape", kNew, [](ModelConfig& m) { m.warmup.inputs[0].shape = {1, 5}; }},
+      {"warmup.inputs[].dtype", kNew, [](ModelConfig& m) { m.warmup.inputs[0].dtype = DType::kInt64; }},
+  };
+  // A field added to these structs must get a row above, and then a line in
+  // CompareModels, or its row fails below.
+  const size_t leaf_fields = FieldCount<ModelConfig>() - 4 + FieldCount<WarmupConfig>() +
+                             FieldCount<BatchingConfig>() + FieldCount<SessionConfig>() +
+                             FieldCount<TrainingConfig>();
+  CHECK(fields.size() == leaf_fields);
+  CHECK(spec_fields.size() == FieldCount<TensorSpec>());
+
+  CHECK(CompareModels(base, base) == ModelChange::kNone);
+  for (const auto* table : {&fields, &spec_fields}) {
+    for (const FieldChange& f : *table) {
+      INFO(f.field);
+      ModelConfig changed = base;
+      f.change(changed);
+      CHECK(CompareModels(base, changed) == f.expected);
+      CHECK(base != changed);
+      CHECK(SameLoad(base, changed) == (f.expected == ModelChange::kInPlace));
+    }
+  }
+  // A change that needs a load outweighs one that does not.
+  ModelConfig both = base;
+  both.timeout_ms = 5;
+  both.optimize = true;
+  CHECK(CompareModels(base, both) == ModelChange::kNewLoad);
 }

@@ -7,10 +7,12 @@
 
 #include <cstring>
 #include <future>
+#include <map>
 #include <thread>
 
 #include "compute.grpc.pb.h"
-#include "tests/fakes/fake_model.h"
+#include "tests/support/fake_model.h"
+#include "tests/support/wait.h"
 
 using namespace splitlearnd;
 using namespace splitlearnd::testing;
@@ -32,7 +34,9 @@ struct Harness {
   std::unique_ptr<ModelManager> manager;
   std::unique_ptr<Server> server;
 
-  explicit Harness(Config config) {
+  // `behaviours`: by model path, set before the first load.
+  explicit Harness(Config config, const std::map<std::string, FakeBehaviour>& behaviours = {}) {
+    for (const auto& [path, b] : behaviours) loader->Set(path, b);
     manager = std::make_unique<ModelManager>(loader);
     server = std::make_unique<Server>(manager.get(), ServerOptions{});
     manager->Apply(config);
@@ -117,86 +121,85 @@ TEST_CASE("32 concurrent clients: one worker thread per device, every answer cor
 
 TEST_CASE("a full queue answers RESOURCE_EXHAUSTED at once") {
   Config config;
-  config.models = {MakeModel("slow")};
+  config.models = {MakeModel("held")};
   config.devices["cpu"] = DeviceConfig{"cpu"};
   config.devices["cpu"].queue_capacity = 1;
-  Harness h([&] { return config; }());
-  // The loader made the model before we could set a delay; reload with a slow one.
-  FakeBehaviour slow;
-  slow.delay = 500ms;
-  h.loader->Set("/fake/slow2.pt", slow);
-  config.models[0].path = "/fake/slow2.pt";
-  h.manager->Apply(config);
-  REQUIRE(h.manager->WaitIdle(10s));
-
-  auto stub = h.Stub();
-  auto model = h.loader->Last("slow");
+  auto gate = std::make_shared<Gate>();
+  FakeBehaviour held;
+  held.gate = gate;
+  Harness h(config, {{"/fake/held.pt", held}});
+  auto model = h.loader->Last("held");
   REQUIRE(model);
-  auto route = h.manager->Lookup("slow");
+  auto route = h.manager->Lookup("held");
   REQUIRE(route.ok());
-  // First call occupies the worker, second fills the queue, third must be refused. Each
-  // step waits for the previous one to land (not a fixed sleep: sanitizers are slow).
+
+  auto call = [&] {
+    grpc::ClientContext ctx;
+    pb::ComputeResponse resp;
+    return h.Stub()->Compute(&ctx, Request("held", {1, 2}), &resp);
+  };
+  // The first call occupies the worker (held in its forward), the second fills the
+  // queue, the third must be refused.
   std::vector<std::future<grpc::Status>> inflight;
-  for (int i = 0; i < 2; ++i) {
-    inflight.push_back(std::async(std::launch::async, [&] {
-      grpc::ClientContext ctx;
-      pb::ComputeResponse resp;
-      return h.Stub()->Compute(&ctx, Request("slow", {1, 2}), &resp);
-    }));
-    for (int k = 0; k < 1000; ++k) {
-      if (i == 0 ? model->forwards() >= 1 : (*route)->queue->depth() >= 1) break;
-      std::this_thread::sleep_for(5ms);
-    }
-  }
+  inflight.push_back(std::async(std::launch::async, call));
+  REQUIRE(gate->WaitForHeld(1));
+  inflight.push_back(std::async(std::launch::async, call));
+  REQUIRE(WaitUntil([&] { return (*route)->queue->depth() == 1; }));
   REQUIRE(model->forwards() == 1);
-  REQUIRE((*route)->queue->depth() == 1);
-  grpc::ClientContext ctx;
-  pb::ComputeResponse resp;
-  auto s = stub->Compute(&ctx, Request("slow", {1, 2}), &resp);
+  const auto s = call();
   CHECK(s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
   CHECK_THAT(s.error_message(), Catch::Contains("full"));
-  // "At once": the refusal came while the queued call (two 500 ms forwards away
-  // from done) was still waiting, not after the queue drained.
+  // "At once": the refusal came while the gate still held the worker, not after the
+  // queue drained.
   CHECK(inflight[1].wait_for(0ms) == std::future_status::timeout);
+  gate->Open();
   for (auto& f : inflight) CHECK(f.get().ok());
+  CHECK(model->forwards() == 2);
+  CHECK_FALSE(gate->expired());
 }
 
 TEST_CASE("a deadline that passes in the queue: DEADLINE_EXCEEDED and no forward") {
   Config config;
   config.models = {MakeModel("m")};
   config.devices["cpu"] = DeviceConfig{"cpu"};
-  FakeBehaviour slow;
-  slow.delay = 400ms;
-  Harness h(config);
-  h.loader->Set("/fake/m2.pt", slow);
-  config.models[0].path = "/fake/m2.pt";
-  h.manager->Apply(config);
-  REQUIRE(h.manager->WaitIdle(10s));
+  auto gate = std::make_shared<Gate>();
+  FakeBehaviour held;
+  held.gate = gate;
+  Harness h(config, {{"/fake/m.pt", held}});
   auto model = h.loader->Last("m");
   REQUIRE(model);
+  auto route = h.manager->Lookup("m");
+  REQUIRE(route.ok());
 
   auto blocker = std::async(std::launch::async, [&] {
     grpc::ClientContext ctx;
     pb::ComputeResponse resp;
     return h.Stub()->Compute(&ctx, Request("m", {1}), &resp);
   });
-  // Wait until the blocker's forward has started (counted on entry), so that the next
-  // call queues behind it however slowly this machine runs (sanitizers, load).
-  for (int i = 0; i < 1000 && model->forwards() == 0; ++i) std::this_thread::sleep_for(10ms);
-  REQUIRE(model->forwards() == 1);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 100ms);
-  pb::ComputeResponse resp;
-  auto s = h.Stub()->Compute(&ctx, Request("m", {1}), &resp);
-  CHECK(s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
+  REQUIRE(gate->WaitForHeld(1));
+  // Only needs to outlast the call's way into the queue, however slowly this machine
+  // runs (sanitizers, load); the test waits it out below. Under a second, because gRPC
+  // sends a timeout that short in whole milliseconds (longer ones in coarser units).
+  constexpr auto kTimeout = 500ms;
+  auto late = std::async(std::launch::async, [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + kTimeout);
+    pb::ComputeResponse resp;
+    return h.Stub()->Compute(&ctx, Request("m", {1}), &resp);
+  });
+  REQUIRE(WaitUntil([&] { return (*route)->queue->depth() == 1; }));
+  // The server counts the timeout from the call's arrival, which came before the job
+  // was queued, and gRPC's whole milliseconds put its deadline up to 2 ms later: past
+  // that, the job's deadline has certainly passed.
+  const auto queued = SteadyClock::now();
+  CHECK(WaitUntil([&] { return SteadyClock::now() > queued + kTimeout + 2ms; }));
+  CHECK(late.get().error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
+  gate->Open();
   CHECK(blocker.get().ok());
-  // Let the worker reach the expired job (it drops it), then count forwards: only the
-  // blocker ran.
-  auto route = h.manager->Lookup("m");
-  REQUIRE(route.ok());
-  for (int i = 0; i < 1000 && (*route)->queue->jobs_dropped() == 0; ++i) std::this_thread::sleep_for(10ms);
-  CHECK((*route)->queue->jobs_dropped() == 1);
+  // The worker drops the expired job when it reaches it: only the blocker ran.
+  CHECK(WaitUntil([&] { return (*route)->queue->jobs_dropped() == 1; }));
   CHECK(model->forwards() == 1);
+  CHECK_FALSE(gate->expired());
 }
 
 TEST_CASE("statuses: unknown model, empty default, model failure, draining") {

@@ -2,9 +2,12 @@
 // WriteShard (no Python needed).
 #include "manager/torchscript/torchscript.h"
 
+#include "common/digest.h"
 #include "manager/torchscript/aoti_model.h"
+#include "manager/torchscript/demo_shard.h"
 
 #include "tests/support/catch.h"
+#include "tests/support/temp_dir.h"
 
 #include <dlfcn.h>
 
@@ -20,15 +23,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/sltsXXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using testing::TempDir;
 
 struct OwnedInput {
   std::shared_ptr<std::vector<float>> values;
@@ -243,7 +238,7 @@ TEST_CASE("load failures are statuses with reasons, never crashes") {
     auto m = loader->Load(cfg);
     REQUIRE_FALSE(m.ok());
     CHECK_THAT(m.status().message(), Catch::Contains("sha256"));
-    auto digest = Sha256File(dir / "ok.pt");
+    auto digest = FileSha256(dir / "ok.pt");
     REQUIRE(digest.ok());
     cfg.sha256 = *digest;
     CHECK(loader->Load(cfg).ok());

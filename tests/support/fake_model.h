@@ -1,14 +1,14 @@
 // Fakes for unit tests of the queue, manager and services: no libtorch needed.
 //
-// FakeModel answers float32 inputs with input + `add`; it can sleep, throw (fail),
-// and record the threads it ran (and warmed up) on. FakeModel::live() counts instances alive, so a
-// test can see when a model's memory is released; FakeModel::last_destroyed_on()
-// tells which thread freed the most recent one. FakeLoader picks a behaviour by the
-// model's path and records the threads it loaded on.
+// FakeModel answers float32 inputs with input + `add`; it can wait at a Gate, throw
+// (fail), and record the threads it ran (and warmed up) on. FakeModel::live() counts
+// instances alive, so a test can see when a model's memory is released;
+// FakeModel::last_destroyed_on() tells which thread freed the most recent one.
+// FakeLoader picks a behaviour by the model's path (a load can wait at a Gate too) and
+// records the threads it loaded on.
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -20,19 +20,20 @@
 #include <vector>
 
 #include "manager/model.h"
+#include "tests/support/wait.h"
 
 namespace splitlearnd::testing {
 
 struct FakeBehaviour {
   float add = 1.0f;
-  std::chrono::milliseconds delay{0};     // per forward
+  std::shared_ptr<Gate> gate;              // when set, every forward passes it first
   bool fail_run = false;                   // Run() answers INTERNAL
   bool throw_run = false;                  // Run() throws (a broken Model)
   bool trainable = false;                  // SaveCheckpoint() writes (records) instead of FAILED_PRECONDITION
   bool fail_checkpoint = false;            // SaveCheckpoint() answers INTERNAL
   bool fail_load = false;                  // FakeLoader refuses to load
   bool fail_warmup = false;                // Warmup() answers INTERNAL
-  std::chrono::milliseconds load_delay{0};
+  std::shared_ptr<Gate> load_gate;         // when set, every load passes it first
   int64_t parameter_bytes = 1024;
 };
 
@@ -62,7 +63,7 @@ class FakeModel final : public Model {
       threads_.insert(std::this_thread::get_id());
       batch_sizes_.push_back(static_cast<int>(batch.size()));
     }
-    if (b_.delay.count() > 0) std::this_thread::sleep_for(b_.delay);
+    if (b_.gate) b_.gate->Pass();
     if (b_.throw_run) throw std::runtime_error("fake model threw");
     std::vector<StatusOr<InferenceResult>> out;
     for (const InferenceRequest* r : batch) {
@@ -180,7 +181,7 @@ class FakeLoader final : public ModelLoader {
       ++loads_;
       load_threads_.insert(std::this_thread::get_id());
     }
-    if (b.load_delay.count() > 0) std::this_thread::sleep_for(b.load_delay);
+    if (b.load_gate) b.load_gate->Pass();
     if (b.fail_load) return Internal("fake load failure for " + config.path);
     auto model = std::make_shared<FakeModel>(config.id, config.device, b);
     std::lock_guard<std::mutex> lock(mu_);
