@@ -16,9 +16,9 @@ from the sample at 60 s to the end of the load. Growth is only judged on runs of
 least 120 s (a shorter run, as in the ctest `soak_short`, reports it without judging:
 the criterion starts after the first minute).
 
-The models are written at test time with python3-torch and random weights. The daemon
-and its config come from tests/security/secfixture.py, the models from
-tests/python/torch_models.py and tests/replicas/replica_models.py.
+The models are written at test time with python3-torch and random weights (by
+tests/support/torch_models.py and replica_models.py); the daemon is started and stopped
+by tests/support/splitlearnd_launcher.py.
 
     soak.py --bin build/daemon/splitlearnd --stubs build/python [--duration 600] [--json out.json]
 
@@ -31,7 +31,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -66,25 +65,29 @@ def parse_args():
 
 
 ARGS = parse_args()
-# secfixture reads these when imported.
+# The launcher reads these when imported.
 os.environ["SPLITLEARND_BIN"] = os.path.abspath(ARGS.bin)
 os.environ["SPLITLEARND_PY_STUBS"] = os.path.abspath(ARGS.stubs)
-for folder in (os.path.join(TESTS, "security"), os.path.join(TESTS, "python"), os.path.join(TESTS, "replicas")):
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+sys.path.insert(0, os.path.join(TESTS, "support"))
 
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import secfixture as fx  # noqa: E402
-from secfixture import grpc, mpb, pb  # noqa: E402
 import replica_models  # noqa: E402
+import splitlearnd_launcher as launcher  # noqa: E402
 import torch_models  # noqa: E402
+from splitlearnd_launcher import MIB, model_entry  # noqa: E402
+
+import compute_pb2 as pb  # noqa: E402  (generated; the launcher put its folder on sys.path)
+import compute_pb2_grpc as pb_grpc  # noqa: E402
+import management_pb2 as mpb  # noqa: E402
+import management_pb2_grpc as mpb_grpc  # noqa: E402
 
 torch.set_num_threads(1)
 SC = grpc.StatusCode
 OK = SC.OK
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", 16 * fx.MIB), ("grpc.max_receive_message_length", 16 * fx.MIB)]
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 16 * MIB), ("grpc.max_receive_message_length", 16 * MIB)]
 
 HIDDEN = 64        # lg, tiny and extra take [..., 64]
 SESS_HIDDEN = 8    # sess (RunningSum) takes [1, t, 8]
@@ -119,11 +122,11 @@ class Models:
 def base_models(files):
     names = {k: os.path.basename(v) for k, v in files.items()}
     return {
-        "lg": fx.model_entry("lg", names["lg"], warmup_shape=(1, 4, HIDDEN), default=True, batching=dict(BATCH_ON)),
-        "tiny": fx.model_entry("tiny", names["tiny"], warmup_shape=(1, 4, HIDDEN), batching=dict(BATCH_ON)),
-        "sess": fx.model_entry("sess", names["sess"], warmup_shape=(1, 2, SESS_HIDDEN),
+        "lg": model_entry("lg", names["lg"], warmup_shape=(1, 4, HIDDEN), default=True, batching=dict(BATCH_ON)),
+        "tiny": model_entry("tiny", names["tiny"], warmup_shape=(1, 4, HIDDEN), batching=dict(BATCH_ON)),
+        "sess": model_entry("sess", names["sess"], warmup_shape=(1, 2, SESS_HIDDEN),
                                sessions={"max_sessions": 64, "idle_timeout_s": 120}),
-        "extra": fx.model_entry("extra", names["extra"], warmup_shape=(1, HIDDEN)),
+        "extra": model_entry("extra", names["extra"], warmup_shape=(1, HIDDEN)),
     }
 
 
@@ -241,9 +244,9 @@ class Client(threading.Thread):
     def run(self):
         try:
             self.channel = grpc.insecure_channel(self.daemon_.address, options=CHANNEL_OPTIONS)
-            self.stub = fx.pb_grpc.ComputeServiceStub(self.channel)
-            self.mchannel = grpc.insecure_channel("unix:" + self.daemon_.socket_path)
-            self.mstub = fx.mpb_grpc.ManagementServiceStub(self.mchannel)
+            self.stub = pb_grpc.ComputeServiceStub(self.channel)
+            self.mchannel = grpc.insecure_channel(self.daemon_.management)
+            self.mstub = mpb_grpc.ManagementServiceStub(self.mchannel)
             self.raw_health = self.channel.unary_unary("/grpc.health.v1.Health/Check")
             while not self.stop.is_set():
                 getattr(self, self.rng.choices(self.methods, self.weights)[0])()
@@ -537,19 +540,16 @@ class Reloader:
         cfg["models"][1]["warmup"]["runs"] = self.tiny_runs
         return cfg
 
-    def last_reload(self, stub):
-        return stub.GetStatus(mpb.GetStatusRequest(), timeout=VALID_TIMEOUT_S).last_reload
-
     def wait_model(self, stub, model_id, present, timeout_s=60):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def there():
             ids = {m.id: m for m in stub.ListModels(mpb.ListModelsRequest(), timeout=VALID_TIMEOUT_S).models}
-            if present and model_id in ids and ids[model_id].state == mpb.READY:
-                return True
-            if not present and (model_id not in ids or ids[model_id].state in (mpb.UNLOADING, mpb.UNLOADED)):
-                return True
-            time.sleep(0.1)
-        return False
+            if present:
+                return model_id in ids and ids[model_id].state == mpb.READY
+            return model_id not in ids or ids[model_id].state in (mpb.UNLOADING, mpb.UNLOADED)
+        try:
+            return launcher.wait_until(there, timeout_s, model_id, interval_s=0.1)
+        except AssertionError:
+            return False
 
     def reload(self):
         k = self.k
@@ -563,31 +563,25 @@ class Reloader:
         if k % 4 == 1:
             self.tiny_runs = 3 - self.tiny_runs
         self.daemon.write_config(self.config())
-        channel, stub = self.daemon.manage_stub()
+        stub = self.daemon.management_stub()
         started = time.monotonic()
         what = []
         try:
-            with channel:
-                if by_signal:
-                    before = self.last_reload(stub).time_unix_ms
-                    self.daemon.signal(signal.SIGHUP)
+            if by_signal:
+                try:
+                    result = self.daemon.reload(timeout_s=60)
+                except AssertionError:
                     result = None
-                    while time.monotonic() - started < 60:
-                        r = self.last_reload(stub)
-                        if r.time_unix_ms != before and r.trigger == "SIGHUP":
-                            result = r
-                            break
-                        time.sleep(0.05)
-                else:
-                    result = stub.ReloadConfig(mpb.ReloadConfigRequest(), timeout=VALID_TIMEOUT_S)
-                if result is None:
-                    ok, msg = False, "no reload seen 60 s after SIGHUP"
-                else:
-                    ok, msg = result.ok, result.message
-                    what = [f"+{a}" for a in result.added] + [f"-{r}" for r in result.removed] + \
-                           [f"~{c}" for c in result.changed] + [f"={u}" for u in result.updated]
-                if ok and extra_change and not self.wait_model(stub, "extra", self.extra_present):
-                    ok, msg = False, f"extra not {'READY' if self.extra_present else 'gone'} 60 s after the reload"
+            else:
+                result = stub.ReloadConfig(mpb.ReloadConfigRequest(), timeout=VALID_TIMEOUT_S)
+            if result is None:
+                ok, msg = False, "no reload seen 60 s after SIGHUP"
+            else:
+                ok, msg = result.ok, result.message
+                what = [f"+{a}" for a in result.added] + [f"-{r}" for r in result.removed] + \
+                       [f"~{c}" for c in result.changed] + [f"={u}" for u in result.updated]
+            if ok and extra_change and not self.wait_model(stub, "extra", self.extra_present):
+                ok, msg = False, f"extra not {'READY' if self.extra_present else 'gone'} 60 s after the reload"
         except grpc.RpcError as e:
             ok, msg = False, f"{e.code().name}: {e.details()}"
         if extra_change:
@@ -615,8 +609,9 @@ def main():
     workdir = tempfile.mkdtemp(prefix="splitlearnd-soak-")
     models = Models(workdir)
     entries = base_models(models.files)
-    daemon = fx.Daemon(workdir, [entries["lg"], entries["tiny"], entries["sess"], entries["extra"]],
-                       server={"log_level": "info"})
+    daemon = launcher.Splitlearnd([entries["lg"], entries["tiny"], entries["sess"], entries["extra"]],
+                                  workdir=workdir, server={"max_message_bytes": 16 * MIB, "drain_timeout_s": 5},
+                                  devices={"cpu": {"intra_op_threads": 1, "queue_capacity": 256}})
     daemon.start()
     pid = daemon.proc.pid
     log(f"splitlearnd pid {pid} on {daemon.address}; {ARGS.clients} clients for {ARGS.duration:.0f} s; "
@@ -665,8 +660,8 @@ def main():
     # After the load: still serving, and a clean stop.
     final_ok = False
     if died is None and daemon.alive():
-        channel, stub = daemon.compute_stub(CHANNEL_OPTIONS)
-        with channel:
+        with grpc.insecure_channel(daemon.address, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.ComputeServiceStub(channel)
             x = np.ones((2, 3, HIDDEN), dtype=np.float32)
             try:
                 r = stub.Compute(pb.ComputeRequest(data=floats(x), shape=[2, 3, HIDDEN], model_id="lg"),

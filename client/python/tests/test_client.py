@@ -2,10 +2,8 @@
 server-side session, training backward, errors, statistics, and retries across a
 daemon restart. Every answer is checked against the same TorchScript file run here."""
 import os
-import shutil
-import tempfile
+import sys
 import threading
-import time
 import unittest
 
 import grpc
@@ -13,8 +11,14 @@ import torch
 
 from splitlearnd_client import Client, RetryPolicy, SplitlearndError
 
-from .daemon_process import DaemonProcess, daemon_binary, model_entry
 from .torch_test_models import DIM, CacheTrunk, Echo, LinearGelu, TanhLinear, reference, write_model
+
+# The daemon is started by the source tree's tests/support/splitlearnd_launcher.py.
+SOURCE_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "support"))
+import splitlearnd_launcher as launcher  # noqa: E402
+
+NO_DAEMON = "SPLITLEARND_BIN is not set (run through ctest)"
 
 
 def make_models(workdir):
@@ -23,38 +27,25 @@ def make_models(workdir):
     write_model(CacheTrunk, os.path.join(workdir, "cache.pt"), 3)
     write_model(TanhLinear, os.path.join(workdir, "train.pt"), 4)
     return [
-        model_entry("trunk", "trunk.pt", [1, 4, DIM], default=True),
-        model_entry("echo", "echo.pt"),
-        model_entry("cache", "cache.pt", sessions={"max_sessions": 4, "idle_timeout_s": 60}),
-        model_entry("train", "train.pt", [2, DIM],
-                    training={"enabled": True, "optimizer": "sgd", "learning_rate": 0.01}),
+        launcher.model_entry("trunk", "trunk.pt", [1, 4, DIM], default=True),
+        launcher.model_entry("echo", "echo.pt"),
+        launcher.model_entry("cache", "cache.pt", sessions={"max_sessions": 4, "idle_timeout_s": 60}),
+        launcher.model_entry("train", "train.pt", [2, DIM],
+                             training={"enabled": True, "optimizer": "sgd", "learning_rate": 0.01}),
     ]
 
 
-@unittest.skipUnless(daemon_binary(), "SPLITLEARND_BIN is not set (run through ctest)")
-class ClientAgainstDaemon(unittest.TestCase):
+@unittest.skipUnless(launcher.SPLITLEARND_BIN, NO_DAEMON)
+class ClientAgainstDaemon(launcher.DaemonTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.workdir = tempfile.mkdtemp(prefix="splitlearnd-pyclient-")
-        cls.daemon = DaemonProcess(cls.workdir, make_models(cls.workdir))
-        try:
-            cls.daemon.start()
-        except BaseException:
-            cls.daemon.kill()
-            shutil.rmtree(cls.workdir, ignore_errors=True)
-            raise
-        cls.client = Client(cls.daemon.address, timeout=60, retry=RetryPolicy(max_attempts=3))
+    def make_daemon(cls, workdir):
+        return launcher.Splitlearnd(make_models(workdir), workdir=workdir)
 
     @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        try:
-            rc = cls.daemon.stop()
-            if rc != 0:
-                raise AssertionError(f"splitlearnd exited with {rc}; log:\n{cls.daemon.log()}")
-        finally:
-            cls.daemon.kill()
-            shutil.rmtree(cls.workdir, ignore_errors=True)
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.client = Client(cls.daemon.address, timeout=60, retry=RetryPolicy(max_attempts=3))
+        cls.addClassCleanup(cls.client.close)
 
     def path(self, name):
         return os.path.join(self.workdir, name)
@@ -173,20 +164,16 @@ class ClientAgainstDaemon(unittest.TestCase):
             self.assertEqual(client.stats.calls, 0)
 
 
-@unittest.skipUnless(daemon_binary(), "SPLITLEARND_BIN is not set (run through ctest)")
+@unittest.skipUnless(launcher.SPLITLEARND_BIN, NO_DAEMON)
 class RetryAcrossRestart(unittest.TestCase):
     def setUp(self):
-        self.workdir = tempfile.mkdtemp(prefix="splitlearnd-pyclient-restart-")
+        self.daemon = launcher.Splitlearnd([launcher.model_entry("trunk", "trunk.pt", [1, DIM])],
+                                           prefix="pyclient-restart")
+        self.addCleanup(self.daemon.close)
+        self.workdir = self.daemon.workdir
         write_model(LinearGelu, os.path.join(self.workdir, "trunk.pt"), 1)
-        self.daemon = DaemonProcess(self.workdir, [model_entry("trunk", "trunk.pt", [1, DIM])])
         self.daemon.start()
-
-    def tearDown(self):
-        try:
-            self.daemon.stop()
-        finally:
-            self.daemon.kill()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.addCleanup(self.daemon.stop)
 
     def test_a_call_made_while_the_daemon_is_down_succeeds_once_it_is_back(self):
         port = self.daemon.port
@@ -209,13 +196,12 @@ class RetryAcrossRestart(unittest.TestCase):
             caller = threading.Thread(target=call)
             caller.start()
             # The daemon is down: the call can only be failing and retrying now.
-            deadline = time.monotonic() + 60
-            while client.stats.retries < 2 and caller.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            launcher.wait_until(lambda: client.stats.retries >= 2 or not caller.is_alive(), 60,
+                                "two retries of the call")
             self.assertTrue(caller.is_alive(), f"the call ended while the daemon was down: {outcome}")
             self.assertGreaterEqual(client.stats.retries, 2)
 
-            self.daemon.start(port=port)  # the same port
+            self.daemon.start(listen=f"127.0.0.1:{port}")  # the same port
             caller.join(timeout=120)
             self.assertFalse(caller.is_alive())
             self.assertNotIn("error", outcome)
