@@ -48,6 +48,9 @@ at::Tensor ToTensor(const HostTensor& h, const c10::Device& device) {
 }
 
 StatusOr<HostTensor> ToHost(at::Tensor t, std::optional<DType> asked, DType request_dtype) {
+  // A training forward's outputs belong to its graph: the answer's bytes must not hold
+  // that graph alive, nor record the conversions below into it.
+  t = t.detach();
   std::optional<DType> out = asked;
   const auto own = FromScalarType(t.scalar_type());
   if (!out) {

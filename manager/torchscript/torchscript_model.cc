@@ -113,7 +113,7 @@ StatusOr<InferenceResult> TorchScriptModel::RunOne(const InferenceRequest& reque
   try {
     if (request.training) {
       return training_->Forward(request, [&](const std::vector<at::Tensor>& inputs) {
-        return Forward(request, inputs, {}, false);
+        return Forward(request, inputs, {}, request.use_cache);
       });
     }
     c10::InferenceMode guard;
@@ -125,7 +125,9 @@ StatusOr<InferenceResult> TorchScriptModel::RunOne(const InferenceRequest& reque
     }
     auto out = Forward(request, inputs, past, request.use_cache || !past.empty());
     if (!out.ok()) return out.status();
-    return CollectOutputs(*out, request, nullptr, true);
+    auto read = ReadOutput(*out);
+    if (!read.ok()) return read.status();
+    return CollectOutputs(*read, request, nullptr, true);
   } catch (const torch::jit::JITException& e) {
     return ModelError(e.what(), /*raised_by_model=*/true);
   } catch (const c10::Error& e) {
@@ -153,18 +155,18 @@ bool TorchScriptModel::RunMerged(const std::vector<const InferenceRequest*>& bat
     }
     auto out = Forward(head, merged, {}, false);
     if (!out.ok()) return false;
-    // Every output must have `total` rows to be split.
-    std::vector<at::Tensor> flat;
-    if (!Flatten(*out, &flat)) return false;
-    for (const auto& t : flat) {
+    // Every output must have `total` rows to be split; a cache never is.
+    auto read = ReadOutput(*out);
+    if (!read.ok() || !read->cache.empty()) return false;
+    for (const auto& t : read->tensors) {
       if (t.dim() == 0 || t.size(0) != total) return false;
     }
     int64_t offset = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
       std::vector<at::Tensor> slice;
-      for (const auto& t : flat) slice.push_back(t.narrow(0, offset, rows[i]));
+      for (const auto& t : read->tensors) slice.push_back(t.narrow(0, offset, rows[i]));
       offset += rows[i];
-      results->push_back(CollectOutputs(*out, *batch[i], &slice, false));
+      results->push_back(CollectOutputs(*read, *batch[i], &slice, false));
     }
     return true;
   } catch (const std::exception&) {
@@ -180,8 +182,10 @@ StatusOr<InferenceResult> TorchScriptModel::SessionStep(const InferenceRequest& 
   if (!past.ok()) return past.status();
   auto out = Forward(request, inputs, *past, true);
   if (!out.ok()) return out.status();
-  KVList present;
-  if (!ExtractCache(*out, &present)) return Internal("model '" + id_ + "' returned no cache for a session step");
+  auto read = ReadOutput(*out);
+  if (!read.ok()) return read.status();
+  if (!read->has_cache) return Internal("model '" + id_ + "' returned no cache for a session step");
+  KVList present = std::move(read->cache);
   // The session outlives the request: a cache that views the request's own bytes
   // (inputs are wrapped, not copied) must get storage of its own.
   for (auto& [k, v] : present) {
@@ -190,7 +194,7 @@ StatusOr<InferenceResult> TorchScriptModel::SessionStep(const InferenceRequest& 
       if (v.is_alias_of(in)) v = v.clone();
     }
   }
-  auto result = CollectOutputs(*out, request, nullptr, false);
+  auto result = CollectOutputs(*read, request, nullptr, false);
   if (!result.ok()) return result;
   auto tokens = sessions_->Commit(request.session_id, std::move(present), request.session_limits);
   if (!tokens.ok()) return tokens.status();

@@ -67,25 +67,26 @@ StatusOr<InferenceResult> Training::Forward(const InferenceRequest& request, con
   }
   auto out = forward(graph.inputs);
   if (!out.ok()) return out.status();
-  std::vector<at::Tensor> flat;
-  if (!Flatten(*out, &flat) || flat.empty()) return Internal("model returned no tensor");
-  graph.output = flat.front();
+  auto read = ReadOutput(*out);
+  if (!read.ok()) return read.status();
+  // The gradient the client sends is that of the primary output; the other outputs and
+  // the cache are answered, not differentiated.
+  graph.output = read->tensors.front();
   if (!graph.output.requires_grad()) {
     return FailedPrecondition("the output of model '" + model_id_ + "' does not depend on a trainable input or parameter");
   }
   graph.bytes += static_cast<int64_t>(graph.output.nbytes());
   graph.created = Clock::now();
 
-  InferenceResult result;
-  {
+  // Inference's answer to the same output.
+  StatusOr<InferenceResult> result = [&] {
     torch::NoGradGuard no_grad;
-    auto h = ToHost(graph.output.detach(), request.output_dtype, request.inputs.front().tensor.dtype);
-    if (!h.ok()) return h.status();
-    result.outputs.push_back(NamedTensor{"output", std::move(*h)});
-  }
+    return CollectOutputs(*read, request, nullptr, true);
+  }();
+  if (!result.ok()) return result;
   std::lock_guard<std::mutex> lock(mu_);
-  result.forward_id = request.forward_id.empty() ? UnguessableId("f-", ++serial_) : request.forward_id;
-  Keep(result.forward_id, std::move(graph), request.training_config);
+  result->forward_id = request.forward_id.empty() ? UnguessableId("f-", ++serial_) : request.forward_id;
+  Keep(result->forward_id, std::move(graph), request.training_config);
   return result;
 }
 

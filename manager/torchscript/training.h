@@ -27,7 +27,7 @@ namespace splitlearnd {
 
 class Training {
  public:
-  // Runs the model on the given inputs (no cache).
+  // Runs the model on the given inputs (no past cache).
   using ForwardFn = std::function<StatusOr<c10::IValue>(const std::vector<at::Tensor>&)>;
 
   // The module's parameters become trainable, with an optimizer, when `config` enables

@@ -62,7 +62,7 @@ class ClientStats:
 class ComputeResult:
     output: torch.Tensor                       # the primary output
     outputs: Dict[str, torch.Tensor]           # every further output, by name
-    present_key_values: List[KV]               # the legacy cache, when use_cache was set
+    present_key_values: List[KV]               # the cache the model returned (use_cache, or a model that always does)
     forward_id: str = ""                       # of a training forward: pass it to backward()
     session_id: str = ""
     session_tokens: int = 0                    # sequence length cached in the session after the step
