@@ -1,5 +1,6 @@
 #include "daemon/codec.h"
 
+#include "common/blockwise_int8.h"
 #include "daemon/legacy_zlib.h"
 
 #include <algorithm>
@@ -34,13 +35,10 @@ class KeyHasher {
 
 bool CheckName(const std::string& s, const Limits& limits) { return s.size() <= limits.max_id_bytes; }
 
-}  // namespace
-
+// The shape checks every wire tensor passes, whatever its encoding.
 template <typename ShapeField>
-Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype_value, const Limits& limits,
-                    const std::string& what, HostTensor* out, WireCodec* codec) {
-  auto dtype = WireDType(dtype_value, what);
-  if (!dtype.ok()) return dtype.status();
+Status DecodeShape(const std::string& bytes, const ShapeField& shape, const Limits& limits, const std::string& what,
+                   std::vector<int64_t>* out, int64_t* elements) {
   // No shape: a scalar, which has one element's bytes (plain or compressed); with no
   // bytes either there is no tensor at all.
   if (shape.size() == 0 && bytes.empty()) return InvalidArgument(what + ": shape is missing");
@@ -48,16 +46,27 @@ Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype
     return InvalidArgument(what + ": " + std::to_string(shape.size()) + " dimensions, at most " +
                            std::to_string(limits.max_rank) + " allowed");
   }
-  out->shape.clear();
-  out->shape.reserve(shape.size());
+  out->clear();
+  out->reserve(shape.size());
   for (auto d : shape) {
     if (d < 0) return InvalidArgument(what + ": dimension " + std::to_string(d) + " is negative");
-    out->shape.push_back(static_cast<int64_t>(d));
+    out->push_back(static_cast<int64_t>(d));
   }
-  int64_t elements = 0;
-  if (!CheckedNumElements(out->shape, limits.max_elements, &elements)) {
+  if (!CheckedNumElements(*out, limits.max_elements, elements)) {
     return InvalidArgument(what + ": more than " + std::to_string(limits.max_elements) + " elements");
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+template <typename ShapeField>
+Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype_value, const Limits& limits,
+                    const std::string& what, HostTensor* out, WireCodec* codec) {
+  auto dtype = WireDType(dtype_value, what);
+  if (!dtype.ok()) return dtype.status();
+  int64_t elements = 0;
+  if (auto s = DecodeShape(bytes, shape, limits, what, &out->shape, &elements); !s.ok()) return s;
   const size_t expected = static_cast<size_t>(elements) * DTypeSize(*dtype);
   out->dtype = *dtype;
   if (bytes.size() == expected) {
@@ -82,6 +91,35 @@ template Status DecodeTensor(const std::string&, const google::protobuf::Repeate
                              const std::string&, HostTensor*, WireCodec*);
 template Status DecodeTensor(const std::string&, const google::protobuf::RepeatedField<int64_t>&, int, const Limits&,
                              const std::string&, HostTensor*, WireCodec*);
+
+template <typename ShapeField>
+Status DecodeInt8Tensor(const std::string& bytes, const ShapeField& shape, int dtype_value,
+                        const pb::BlockwiseInt8& q, const Limits& limits, const std::string& what, HostTensor* out) {
+  if (dtype_value != pb::DTYPE_UNSPECIFIED && dtype_value != pb::DTYPE_FLOAT32) {
+    return InvalidArgument(what + ": int8 blockwise tensors are float32 (dtype value " + std::to_string(dtype_value) +
+                           ")");
+  }
+  if (q.block_size() < 1) return InvalidArgument(what + ": int8 blockwise block_size must be at least 1");
+  int64_t elements = 0;
+  if (auto s = DecodeShape(bytes, shape, limits, what, &out->shape, &elements); !s.ok()) return s;
+  auto values = std::make_shared<std::vector<float>>();
+  if (auto s = DecodeBlockwiseInt8(bytes, q.scales().data(), static_cast<size_t>(q.scales_size()),
+                                   static_cast<size_t>(q.block_size()), static_cast<size_t>(elements), what,
+                                   values.get());
+      !s.ok()) {
+    return s;
+  }
+  out->dtype = DType::kFloat32;
+  out->data = values->data();
+  out->nbytes = values->size() * sizeof(float);
+  out->owner = std::move(values);
+  return Status::Ok();
+}
+
+template Status DecodeInt8Tensor(const std::string&, const google::protobuf::RepeatedField<int32_t>&, int,
+                                 const pb::BlockwiseInt8&, const Limits&, const std::string&, HostTensor*);
+template Status DecodeInt8Tensor(const std::string&, const google::protobuf::RepeatedField<int64_t>&, int,
+                                 const pb::BlockwiseInt8&, const Limits&, const std::string&, HostTensor*);
 
 StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limits& limits) {
   DecodedCompute out;
@@ -108,9 +146,11 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
   r.inputs.reserve(req.inputs_size() + 1);
   if (has_primary) {
     NamedTensor t;
-    if (auto s = DecodeTensor(req.data(), req.shape(), req.dtype(), limits, "data", &t.tensor, &out.codec); !s.ok()) {
-      return s;
-    }
+    const Status s = req.has_data_int8_blockwise()
+                         ? DecodeInt8Tensor(req.data(), req.shape(), req.dtype(), req.data_int8_blockwise(), limits,
+                                            "data", &t.tensor)
+                         : DecodeTensor(req.data(), req.shape(), req.dtype(), limits, "data", &t.tensor, &out.codec);
+    if (!s.ok()) return s;
     r.inputs.push_back(std::move(t));
   }
   for (int i = 0; i < req.inputs_size(); ++i) {
@@ -119,7 +159,11 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     NamedTensor t;
     t.name = in.name();
     const std::string what = in.name().empty() ? "inputs[" + std::to_string(i) + "]" : "input '" + in.name() + "'";
-    if (auto s = DecodeTensor(in.data(), in.shape(), in.dtype(), limits, what, &t.tensor); !s.ok()) return s;
+    const Status s = in.has_int8_blockwise()
+                         ? DecodeInt8Tensor(in.data(), in.shape(), in.dtype(), in.int8_blockwise(), limits, what,
+                                            &t.tensor)
+                         : DecodeTensor(in.data(), in.shape(), in.dtype(), limits, what, &t.tensor);
+    if (!s.ok()) return s;
     for (const auto& prev : r.inputs) {
       if (!t.name.empty() && prev.name == t.name) return InvalidArgument(what + " is given twice");
     }
@@ -156,6 +200,21 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     auto dt = WireDType(req.output_dtype(), "output_dtype");
     if (!dt.ok()) return dt.status();
     r.output_dtype = *dt;
+  }
+  switch (req.output_encoding()) {
+    case pb::OUTPUT_ENCODING_PLAIN:
+      if (req.output_block_size() != 0) return InvalidArgument("output_block_size needs output_encoding INT8_BLOCKWISE");
+      break;
+    case pb::OUTPUT_ENCODING_INT8_BLOCKWISE:
+      if (r.output_dtype && *r.output_dtype != DType::kFloat32) {
+        return InvalidArgument("int8 blockwise answers are float32; output_dtype asks for " +
+                               std::string(DTypeName(*r.output_dtype)));
+      }
+      if (req.output_block_size() < 0) return InvalidArgument("output_block_size is negative");
+      out.codec.int8_block = req.output_block_size() == 0 ? kDefaultInt8Block : req.output_block_size();
+      break;
+    default:
+      return InvalidArgument("unknown output_encoding value " + std::to_string(req.output_encoding()));
   }
 
   // Batching key: requests merge only when every input agrees on name, dtype and
@@ -200,6 +259,19 @@ Status CopyShape(const std::vector<int64_t>& shape, ShapeField* field) {
   return Status::Ok();
 }
 
+// Writes `t` int8 blockwise when `block` > 0 and it is float32 with finite values;
+// false: it goes plain (the caller writes it).
+bool EncodeInt8(const HostTensor& t, int block, std::string* data, pb::BlockwiseInt8* q) {
+  if (block <= 0 || t.dtype != DType::kFloat32) return false;
+  auto enc = EncodeBlockwiseInt8(static_cast<const float*>(t.data), t.nbytes / sizeof(float),
+                                 static_cast<size_t>(block));
+  if (!enc.ok()) return false;  // NaN or infinity: only the plain bytes carry them
+  data->assign(reinterpret_cast<const char*>(enc->codes.data()), enc->codes.size());
+  q->set_block_size(block);
+  q->mutable_scales()->Add(enc->scales.begin(), enc->scales.end());
+  return true;
+}
+
 }  // namespace
 
 StatusOr<DecodedBackward> DecodeBackward(const pb::BackwardRequest& req, const Limits& limits) {
@@ -235,14 +307,20 @@ Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp, c
     else AssignBytes(out, t.data, t.nbytes);
   };
   const HostTensor& primary = result.outputs.front().tensor;
-  legacy_bytes(resp->mutable_data(), primary);
+  if (!EncodeInt8(primary, codec.int8_block, resp->mutable_data(), resp->mutable_data_int8_blockwise())) {
+    resp->clear_data_int8_blockwise();
+    legacy_bytes(resp->mutable_data(), primary);
+  }
   if (auto s = CopyShape(primary.shape, resp->mutable_shape()); !s.ok()) return s;
   resp->set_dtype(static_cast<pb::DType>(primary.dtype));
   for (size_t i = 1; i < result.outputs.size(); ++i) {
     const NamedTensor& o = result.outputs[i];
     auto* t = resp->add_outputs();
     t->set_name(o.name);
-    AssignBytes(t->mutable_data(), o.tensor.data, o.tensor.nbytes);
+    if (!EncodeInt8(o.tensor, codec.int8_block, t->mutable_data(), t->mutable_int8_blockwise())) {
+      t->clear_int8_blockwise();
+      AssignBytes(t->mutable_data(), o.tensor.data, o.tensor.nbytes);
+    }
     t->mutable_shape()->Add(o.tensor.shape.begin(), o.tensor.shape.end());
     t->set_dtype(static_cast<pb::DType>(o.tensor.dtype));
   }

@@ -27,9 +27,15 @@ struct Limits {
 // a zlib stream that inflates to exactly the bytes its shape and dtype need
 // (legacy_zlib.h). Decoding records whether a legacy field came compressed, so that the
 // answer goes back the same way.
+// The client may also send float32 tensors int8 blockwise (common/blockwise_int8.h)
+// and ask for the answer's float32 outputs that way: int8_block > 0 is that block size.
 struct WireCodec {
   bool zlib = false;
+  int int8_block = 0;  // answer: 0 plain; else float32 outputs int8 blockwise in blocks of this
 };
+
+// Block size of int8 answers when the request names none.
+constexpr int kDefaultInt8Block = 64;
 
 struct DecodedCompute {
   InferenceRequest request;
@@ -51,6 +57,8 @@ StatusOr<DecodedBackward> DecodeBackward(const splitlearn::comm::BackwardRequest
 
 // Fills data/shape/dtype, extra outputs, present_key_values and the ids of `resp`;
 // with codec.zlib, `data` and the cache's bytes are zlib streams, as the request's were.
+// With codec.int8_block, float32 outputs (primary and named) go int8 blockwise; an
+// output of another dtype, or one holding NaN or infinity, goes plain.
 Status EncodeCompute(const InferenceResult& result, splitlearn::comm::ComputeResponse* resp,
                      const WireCodec& codec = {});
 // Fills the input gradient of `resp` from outputs[0] (zlib-compressed with codec.zlib).
@@ -65,5 +73,13 @@ Status EncodeBackward(const InferenceResult& result, splitlearn::comm::BackwardR
 template <typename ShapeField>
 Status DecodeTensor(const std::string& bytes, const ShapeField& shape, int dtype_value, const Limits& limits,
                     const std::string& what, HostTensor* out, WireCodec* codec = nullptr);
+
+// Validates and dequantises an int8 blockwise tensor into float32 (the tensor owns the
+// values). Its dtype must be float32 or unspecified; wrong byte or scale counts, a
+// block size below 1 and negative or non-finite scales are INVALID_ARGUMENT.
+template <typename ShapeField>
+Status DecodeInt8Tensor(const std::string& bytes, const ShapeField& shape, int dtype_value,
+                        const splitlearn::comm::BlockwiseInt8& q, const Limits& limits, const std::string& what,
+                        HostTensor* out);
 
 }  // namespace splitlearnd

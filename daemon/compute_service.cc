@@ -369,7 +369,8 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
         return m.Run({&request}).front();
       };
     }
-    job->done = [this](StatusOr<InferenceResult> result, const JobTiming& timing) {
+    job->done = [this, int8_block = decoded->codec.int8_block](StatusOr<InferenceResult> result,
+                                                              const JobTiming& timing) {
       service_->total_requests_.fetch_add(1, std::memory_order_relaxed);
       if (service_->observer_) service_->observer_->OnRequestDone(route_->config.id, result.status().code(), &timing);
       ++steps_;
@@ -380,8 +381,10 @@ class GenerateCall final : public grpc::ServerBidiReactor<pb::ComputeRequest, pb
       }
       if (!result.ok()) return End(result.status());
       resp_.Clear();
-      // Generate is an extension: its answers are plain whatever a step's bytes were.
-      if (auto s = FillCompute(&req_, &resp_, *result, timing, WireCodec{}); !s.ok()) return End(s);
+      // Generate is an extension: no zlib whatever a step's bytes were; int8 when asked.
+      WireCodec codec;
+      codec.int8_block = int8_block;
+      if (auto s = FillCompute(&req_, &resp_, *result, timing, codec); !s.ok()) return End(s);
       StartWrite(&resp_);
     };
     Status queued = route_->queue->TryEnqueue(job);

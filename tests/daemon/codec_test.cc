@@ -1,5 +1,9 @@
 #include "daemon/codec.h"
 
+#include <cmath>
+
+#include "common/blockwise_int8.h"
+
 #include "tests/support/catch.h"
 
 #include <zlib.h>
@@ -190,4 +194,151 @@ TEST_CASE("encoding writes the primary output, extra outputs and the cache") {
   CHECK(resp.outputs(0).dtype() == pb::DTYPE_INT64);
   REQUIRE(resp.present_key_values_size() == 1);
   CHECK(resp.present_key_values(0).key_shape_size() == 4);
+}
+
+namespace {
+
+// `values` as an int8 blockwise request's primary input of shape {count}.
+pb::ComputeRequest Int8Request(const std::vector<float>& values, int block) {
+  auto enc = EncodeBlockwiseInt8(values.data(), values.size(), static_cast<size_t>(block));
+  REQUIRE(enc.ok());
+  pb::ComputeRequest r;
+  r.set_data(std::string(enc->codes.begin(), enc->codes.end()));
+  r.add_shape(static_cast<int32_t>(values.size()));
+  r.mutable_data_int8_blockwise()->set_block_size(block);
+  r.mutable_data_int8_blockwise()->mutable_scales()->Add(enc->scales.begin(), enc->scales.end());
+  return r;
+}
+
+std::vector<float> AsFloats(const HostTensor& t) {
+  REQUIRE(t.dtype == DType::kFloat32);
+  const auto* p = static_cast<const float*>(t.data);
+  return std::vector<float>(p, p + t.nbytes / sizeof(float));
+}
+
+}  // namespace
+
+TEST_CASE("int8 blockwise inputs decode to float32 within the stated bound") {
+  const std::vector<float> x = {0.5f, -1.0f, 2.0f, 0.25f, 3.0f, -7.0f, 0.0f};
+  auto r = Int8Request(x, 3);
+  pb::NamedTensor* named = r.add_inputs();
+  named->set_name("mask");
+  named->set_data(r.data());
+  named->add_shape(7);
+  *named->mutable_int8_blockwise() = r.data_int8_blockwise();
+  auto d = DecodeCompute(r, Limits{});
+  REQUIRE(d.ok());
+  REQUIRE(d->request.inputs.size() == 2);
+  CHECK_FALSE(d->codec.zlib);
+  CHECK(d->codec.int8_block == 0);  // inputs int8 do not make the answer int8
+  for (const auto& in : d->request.inputs) {
+    CHECK(in.tensor.shape == std::vector<int64_t>{7});
+    CHECK(in.tensor.owner != nullptr);
+    auto y = AsFloats(in.tensor);
+    REQUIRE(y.size() == x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      const float scale = r.data_int8_blockwise().scales(static_cast<int>(i / 3));
+      CHECK(std::fabs(y[i] - x[i]) <= scale / 2 * (1 + 1e-6f));
+    }
+  }
+}
+
+TEST_CASE("malformed int8 blockwise inputs are INVALID_ARGUMENT") {
+  const std::vector<float> x = {1, 2, 3, 4, 5};
+  auto expect_invalid = [](const pb::ComputeRequest& r, const char* needle) {
+    auto d = DecodeCompute(r, Limits{});
+    REQUIRE_FALSE(d.ok());
+    CHECK(d.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(d.status().message(), Catch::Contains(needle));
+  };
+  REQUIRE(DecodeCompute(Int8Request(x, 2), Limits{}).ok());
+  auto few_scales = Int8Request(x, 2);
+  few_scales.mutable_data_int8_blockwise()->mutable_scales()->RemoveLast();
+  expect_invalid(few_scales, "scales");
+  auto many_scales = Int8Request(x, 2);
+  many_scales.mutable_data_int8_blockwise()->add_scales(1.0f);
+  expect_invalid(many_scales, "scales");
+  auto few_bytes = Int8Request(x, 2);
+  few_bytes.mutable_data()->pop_back();
+  expect_invalid(few_bytes, "bytes");
+  auto block0 = Int8Request(x, 2);
+  block0.mutable_data_int8_blockwise()->set_block_size(0);
+  expect_invalid(block0, "block_size");
+  auto negative = Int8Request(x, 2);
+  negative.mutable_data_int8_blockwise()->set_scales(0, -1.0f);
+  expect_invalid(negative, "scale");
+  auto nan = Int8Request(x, 2);
+  nan.mutable_data_int8_blockwise()->set_scales(1, std::nanf(""));
+  expect_invalid(nan, "scale");
+  auto half = Int8Request(x, 2);
+  half.set_dtype(pb::DTYPE_FLOAT16);
+  expect_invalid(half, "float32");
+  auto named = Int8Request(x, 2);
+  auto* in = named.add_inputs();
+  in->set_name("b");
+  in->set_data(std::string(5, '\0'));
+  in->add_shape(5);
+  in->mutable_int8_blockwise()->set_block_size(2);
+  in->mutable_int8_blockwise()->add_scales(1.0f);  // needs 3
+  expect_invalid(named, "input 'b'");
+  auto bad_encoding = Int8Request(x, 2);
+  bad_encoding.set_output_encoding(static_cast<pb::OutputEncoding>(7));
+  expect_invalid(bad_encoding, "output_encoding");
+  auto block_without = Int8Request(x, 2);
+  block_without.set_output_block_size(8);
+  expect_invalid(block_without, "output_block_size");
+  auto half_answer = Int8Request(x, 2);
+  half_answer.set_output_encoding(pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+  half_answer.set_output_dtype(pb::DTYPE_FLOAT16);
+  expect_invalid(half_answer, "output_dtype");
+}
+
+TEST_CASE("int8 blockwise answers only when asked: float32 outputs quantised, others plain") {
+  auto r = Floats({4}, 4);
+  auto plain = DecodeCompute(r, Limits{});
+  REQUIRE(plain.ok());
+  CHECK(plain->codec.int8_block == 0);
+  r.set_output_encoding(pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+  auto dflt = DecodeCompute(r, Limits{});
+  REQUIRE(dflt.ok());
+  CHECK(dflt->codec.int8_block == kDefaultInt8Block);
+  r.set_output_block_size(3);
+  auto d = DecodeCompute(r, Limits{});
+  REQUIRE(d.ok());
+  REQUIRE(d->codec.int8_block == 3);
+
+  std::vector<float> y{1.0f, -2.0f, 30.0f, 0.125f, 4.0f};
+  std::vector<float> hidden{0.5f, std::nanf(""), 1.0f};
+  std::vector<int64_t> ids{7};
+  InferenceResult res;
+  res.outputs.push_back(NamedTensor{"out", HostTensor{DType::kFloat32, {5}, y.data(), 20, nullptr}});
+  res.outputs.push_back(NamedTensor{"ids", HostTensor{DType::kInt64, {1}, ids.data(), 8, nullptr}});
+  res.outputs.push_back(NamedTensor{"hidden", HostTensor{DType::kFloat32, {3}, hidden.data(), 12, nullptr}});
+  res.outputs.push_back(NamedTensor{"extra", HostTensor{DType::kFloat32, {5}, y.data(), 20, nullptr}});
+
+  pb::ComputeResponse legacy;
+  REQUIRE(EncodeCompute(res, &legacy, plain->codec).ok());
+  CHECK_FALSE(legacy.has_data_int8_blockwise());
+  CHECK(legacy.data().size() == 20);
+  for (const auto& o : legacy.outputs()) CHECK_FALSE(o.has_int8_blockwise());
+
+  pb::ComputeResponse resp;
+  REQUIRE(EncodeCompute(res, &resp, d->codec).ok());
+  REQUIRE(resp.has_data_int8_blockwise());
+  CHECK(resp.dtype() == pb::DTYPE_FLOAT32);
+  CHECK(resp.data().size() == 5);
+  const auto& q = resp.data_int8_blockwise();
+  CHECK(q.block_size() == 3);
+  REQUIRE(q.scales_size() == 2);
+  std::vector<float> back;
+  REQUIRE(DecodeBlockwiseInt8(resp.data(), q.scales().data(), 2, 3, 5, "out", &back).ok());
+  for (size_t i = 0; i < y.size(); ++i) CHECK(std::fabs(back[i] - y[i]) <= q.scales(static_cast<int>(i / 3)) / 2 * (1 + 1e-6f));
+  REQUIRE(resp.outputs_size() == 3);
+  CHECK_FALSE(resp.outputs(0).has_int8_blockwise());  // int64: plain
+  CHECK(resp.outputs(0).data().size() == 8);
+  CHECK_FALSE(resp.outputs(1).has_int8_blockwise());  // NaN: plain, so the client sees it
+  CHECK(resp.outputs(1).data().size() == 12);
+  REQUIRE(resp.outputs(2).has_int8_blockwise());
+  CHECK(resp.outputs(2).data() == resp.data());
+  CHECK(resp.outputs(2).int8_blockwise().scales_size() == 2);
 }
