@@ -213,13 +213,28 @@ class Client:
 
     # ------------------------------------------------------------ calls
 
+    @staticmethod
+    def _int8_encode(t, block: int):
+        """(codes, shape, scales) when `t` should go int8 blockwise, else None."""
+        if block <= 0 or not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return None
+        try:
+            return tensors.encode_int8_blockwise(t, block)
+        except ValueError:  # NaN or infinity: only plain bytes carry them
+            return None
+
     def compute(self, x: torch.Tensor, model_id: str = "", *, inputs: Optional[Dict[str, torch.Tensor]] = None,
                 output_dtype: Optional[torch.dtype] = None, past_key_values: Optional[Sequence[KV]] = None,
                 use_cache: bool = False, session_id: str = "", training: bool = False,
                 forward_id: Optional[str] = None, request_id: Optional[int] = None,
-                metadata: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                metadata: Optional[Dict[str, str]] = None, int8_block: int = 0, timeout: Optional[float] = None,
                 retry: Optional[RetryPolicy] = None) -> ComputeResult:
         """One forward of `model_id` (empty: the daemon's default model) on `x`.
+
+        int8_block > 0: floating inputs (x and `inputs`) go int8 blockwise in blocks of
+        this many values (a tensor holding NaN or infinity goes plain), and float32
+        outputs come back that way: a quarter of float32's bytes, each value within half
+        a quantisation step of its block (docs/protocol.md); they decode to float32.
 
         inputs: further inputs by forward() argument name. output_dtype: the answer's
         dtype (default: x's). past_key_values + use_cache: the legacy KV cache, one
@@ -228,14 +243,31 @@ class Client:
         backward(); the result's forward_id names it. request_id: echoed back, and
         shown in the daemon's debug log lines about this request."""
         req = pb.ComputeRequest(model_id=model_id)
-        data, shape, code = tensors.encode(x)
-        req.data = data
-        req.shape.extend(shape)
-        if code != tensors.DTYPE_FLOAT32:
-            req.dtype = code  # float32 stays unspecified, as legacy clients send it
+        if int8_block < 0:
+            raise ValueError("int8_block must not be negative")
+        q = self._int8_encode(x, int8_block)
+        if q is not None:
+            req.data, shape, req.data_int8_blockwise.block_size = q[0], q[1], int8_block
+            req.data_int8_blockwise.scales.extend(q[2])
+            req.shape.extend(shape)
+        else:
+            data, shape, code = tensors.encode(x)
+            req.data = data
+            req.shape.extend(shape)
+            if code != tensors.DTYPE_FLOAT32:
+                req.dtype = code  # float32 stays unspecified, as legacy clients send it
+        if int8_block:
+            req.output_encoding = pb.OUTPUT_ENCODING_INT8_BLOCKWISE
+            req.output_block_size = int8_block
         if output_dtype is not None:
             req.output_dtype = tensors.dtype_code(output_dtype)
         for name, t in (inputs or {}).items():
+            q = self._int8_encode(t, int8_block)
+            if q is not None:
+                entry = req.inputs.add(name=name, data=q[0], shape=q[1])
+                entry.int8_blockwise.block_size = int8_block
+                entry.int8_blockwise.scales.extend(q[2])
+                continue
             d, s, c = tensors.encode(t)
             req.inputs.add(name=name, data=d, shape=s, dtype=c)
         for key, value in past_key_values or ():
@@ -260,9 +292,16 @@ class Client:
             req.metadata[k] = v
 
         resp = self._call("Compute", req, pb.ComputeResponse, timeout, retry)
+        def decode(data, shape, code, q):
+            if q is not None:
+                return tensors.decode_int8_blockwise(data, shape, q.scales, q.block_size)
+            return tensors.decode(data, shape, code)
+
         return ComputeResult(
-            output=tensors.decode(resp.data, resp.shape, resp.dtype),
-            outputs={o.name: tensors.decode(o.data, o.shape, o.dtype) for o in resp.outputs},
+            output=decode(resp.data, resp.shape, resp.dtype,
+                          resp.data_int8_blockwise if resp.HasField("data_int8_blockwise") else None),
+            outputs={o.name: decode(o.data, o.shape, o.dtype, o.int8_blockwise if o.HasField("int8_blockwise") else None)
+                     for o in resp.outputs},
             present_key_values=[(tensors.decode(e.key_data, e.key_shape, e.dtype),
                                  tensors.decode(e.value_data, e.value_shape, e.dtype))
                                 for e in resp.present_key_values],

@@ -83,3 +83,38 @@ def decode(data: bytes, shape: Iterable[int], code: int) -> torch.Tensor:
     elif code == DTYPE_BOOL:
         t = t.to(torch.bool)
     return t.reshape(shape)
+
+
+# int8 blockwise (docs/protocol.md): one int8 code per value, one float32 scale per
+# block of `block` values; each decoded value is within scale / 2 of the original.
+def encode_int8_blockwise(tensor: torch.Tensor, block: int) -> Tuple[bytes, list, list]:
+    """(codes, shape, scales) of a floating tensor, or ValueError if it holds NaN or
+    infinity (which have no encoding)."""
+    if block < 1:
+        raise ValueError("int8 blockwise block size must be at least 1")
+    x = tensor.detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("NaN and infinity have no int8 blockwise encoding")
+    blocks = -(-x.size // block)
+    padded = np.zeros(blocks * block, dtype=np.float64)
+    padded[:x.size] = x
+    padded = padded.reshape(blocks, block)
+    exact = np.abs(padded).max(axis=1) / 127.0 if blocks else np.zeros(0)
+    scales = exact.astype(np.float32)
+    low = scales.astype(np.float64) < exact  # rounded down: take the next float32 up
+    scales[low] = np.nextafter(scales[low], np.float32(np.inf))
+    safe = np.where(scales > 0, scales, 1).astype(np.float64)[:, None]
+    codes = np.clip(np.rint(padded / safe), -127, 127).astype(np.int8).reshape(-1)[:x.size]
+    return codes.tobytes(), list(tensor.shape), scales.tolist()
+
+
+def decode_int8_blockwise(data: bytes, shape: Iterable[int], scales: Iterable[float], block: int) -> torch.Tensor:
+    """A float32 tensor from int8 blockwise codes; ValueError if they do not fit."""
+    shape = [int(d) for d in shape]
+    codes = np.frombuffer(data, dtype=np.int8).astype(np.float64)
+    expected = int(np.prod(shape)) if shape else 1
+    scales = np.asarray(list(scales), dtype=np.float64)
+    if block < 1 or codes.size != expected or scales.size != -(-expected // block):
+        raise ValueError(f"int8 blockwise data does not fit shape {shape} in blocks of {block}")
+    values = codes * np.repeat(scales, block)[:expected]
+    return torch.from_numpy(values.astype(np.float32)).reshape(shape)

@@ -8,8 +8,11 @@ quantised and answers asked quantised, through the real daemon.
                      infinity come back plain; a request that does not ask, and an
                      unmodified legacy client, get plain float32; wrong scale or byte
                      counts, a block size of 0 and a negative scale are INVALID_ARGUMENT
+  ClientPackageInt8Test  the splitlearnd_client package's int8_block option, named
+                     inputs and outputs included
 """
 import os
+import sys
 from typing import Dict
 
 import grpc
@@ -18,6 +21,7 @@ import torch
 
 import torch_models
 from legacy_wire import LEGACY_CHANNEL_OPTIONS, LegacyClient
+import splitlearnd_launcher as launcher
 from splitlearnd_launcher import DaemonTestCase, model_entry
 
 import compute_pb2  # noqa: E402  (generated; the launcher put its folder on sys.path)
@@ -216,3 +220,47 @@ class Int8BlockwiseTest(DaemonTestCase):
         # The daemon still answers well-formed requests.
         resp = self.stub.Compute(req(), timeout=60)
         self.assertEqual(len(resp.data), x.size * 4)
+
+
+class ClientPackageInt8Test(DaemonTestCase):
+    """splitlearnd_client.Client(...).compute(..., int8_block=n): the same bound."""
+
+    @classmethod
+    def make_models(cls, workdir):
+        torch.jit.script(Mixer()).save(os.path.join(workdir, "mixer.pt"))
+        return [model_entry("mixer", "mixer.pt", default=True)]
+
+    def test_compute_with_int8_block(self):
+        sys.path.insert(0, os.path.join(launcher.SOURCE_DIR, "client", "python"))
+        from splitlearnd_client import Client, tensors
+
+        client = Client(self.daemon.address, timeout=60)
+        self.addCleanup(client.close)
+        gen = torch.Generator().manual_seed(5)
+        x, bias = torch.randn(3, 50, generator=gen) * 3, torch.randn(3, 50, generator=gen)
+        block = 16
+        result = client.compute(x, inputs={"bias": bias}, int8_block=block)
+        # What the daemon ran on: the inputs as the encoder quantised them.
+        xq = tensors.decode_int8_blockwise(*self._enc(tensors, x, block), block)
+        bq = tensors.decode_int8_blockwise(*self._enc(tensors, bias, block), block)
+        self.assertLessEqual(float((xq - x).abs().max()), float(x.abs().max()) / 254 * (1 + 1e-6))
+        with torch.no_grad():
+            want = Mixer()(xq, bq)
+        self.assertEqual(result.output.dtype, torch.float32)
+        for got, ref in ((result.output, want["y"]), (result.outputs["total"], want["total"])):
+            # Each block's step is at most its absmax / 127 rounded up, and |got| bounds it
+            # from above up to half a step: half a step <= max|got| / 254 + slack.
+            flat_got, flat_ref = got.reshape(-1).double(), ref.reshape(-1).double()
+            for start in range(0, flat_got.numel(), block):
+                g, r = flat_got[start:start + block], flat_ref[start:start + block]
+                half_step = float(g.abs().max()) / 254 * 1.01 + 1e-6
+                self.assertLessEqual(float((g - r).abs().max()), half_step + COMPUTE_TOLERANCE)
+        self.assertTrue(torch.equal(result.outputs["argmax"], want["argmax"]))
+        plain = client.compute(x, inputs={"bias": bias})
+        with torch.no_grad():
+            self.assertLessEqual(float((plain.output - Mixer()(x, bias)["y"]).abs().max()), COMPUTE_TOLERANCE)
+
+    @staticmethod
+    def _enc(tensors, t, block):
+        codes, shape, scales = tensors.encode_int8_blockwise(t, block)
+        return codes, shape, scales
