@@ -8,6 +8,7 @@
 #include <random>
 #include <thread>
 
+#include "common/blockwise_int8.h"
 #include "common/files.h"
 
 namespace splitlearnd {
@@ -40,6 +41,42 @@ Tensor MakeTensor(pb::DType dtype, const Field& shape, std::string* data) {
   t.dtype = FromProto(dtype);
   t.shape.assign(shape.begin(), shape.end());
   t.data = std::move(*data);
+  return t;
+}
+
+// Writes a float32 tensor int8 blockwise into data/q; false: it goes plain (not
+// float32, no block size, or NaN/infinity among its values).
+bool Int8Encode(const Tensor& t, int block, std::string* data, pb::BlockwiseInt8* q) {
+  if (block <= 0 || t.dtype != DType::kFloat32) return false;
+  const std::vector<float> values = t.ToFloats();
+  auto enc = EncodeBlockwiseInt8(values.data(), values.size(), static_cast<size_t>(block));
+  if (!enc.ok()) return false;
+  data->assign(reinterpret_cast<const char*>(enc->codes.data()), enc->codes.size());
+  q->set_block_size(block);
+  q->mutable_scales()->Add(enc->scales.begin(), enc->scales.end());
+  return true;
+}
+
+// An answer's tensor: int8 blockwise decoded to float32 when it came so.
+template <typename Field>
+StatusOr<Tensor> AnswerTensor(pb::DType dtype, const Field& shape, std::string* data, const pb::BlockwiseInt8* q,
+                              const std::string& what) {
+  if (!q) return MakeTensor(dtype, shape, data);
+  Tensor t;
+  t.dtype = DType::kFloat32;
+  t.shape.assign(shape.begin(), shape.end());
+  size_t count = 1;
+  for (int64_t d : t.shape) {
+    if (d < 0) return Internal(what + ": negative dimension in the answer");
+    count *= static_cast<size_t>(d);
+  }
+  std::vector<float> values;
+  if (auto s = DecodeBlockwiseInt8(*data, q->scales().data(), static_cast<size_t>(q->scales_size()),
+                                   static_cast<size_t>(std::max(0, q->block_size())), count, what, &values);
+      !s.ok()) {
+    return Internal("the daemon's answer is malformed: " + s.message());
+  }
+  t.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
   return t;
 }
 
@@ -217,15 +254,26 @@ StatusOr<ComputeResult> Client::Compute(const std::string& model_id, const Tenso
                                         const ComputeOptions& options, const CallOptions& call) {
   pb::ComputeRequest req;
   req.set_model_id(model_id);
-  req.set_data(input.data);
+  if (options.int8_block < 0) return InvalidArgument("int8_block must not be negative");
+  if (!Int8Encode(input, options.int8_block, req.mutable_data(), req.mutable_data_int8_blockwise())) {
+    req.clear_data_int8_blockwise();
+    req.set_data(input.data);
+  }
   if (auto s = ToInt32Shape(input.shape, req.mutable_shape()); !s.ok()) return s;
   // float32 stays unspecified, as a legacy client sends it.
   if (input.dtype != DType::kFloat32) req.set_dtype(ToProto(input.dtype));
   if (options.output_dtype) req.set_output_dtype(ToProto(*options.output_dtype));
+  if (options.int8_block > 0) {
+    req.set_output_encoding(pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+    req.set_output_block_size(options.int8_block);
+  }
   for (const auto& in : options.extra_inputs) {
     auto* t = req.add_inputs();
     t->set_name(in.name);
-    t->set_data(in.tensor.data);
+    if (!Int8Encode(in.tensor, options.int8_block, t->mutable_data(), t->mutable_int8_blockwise())) {
+      t->clear_int8_blockwise();
+      t->set_data(in.tensor.data);
+    }
     for (int64_t d : in.tensor.shape) t->add_shape(d);
     t->set_dtype(ToProto(in.tensor.dtype));
   }
@@ -253,9 +301,15 @@ StatusOr<ComputeResult> Client::Compute(const std::string& model_id, const Tenso
   if (!s.ok()) return s;
 
   ComputeResult r;
-  r.tensor = MakeTensor(resp.dtype(), resp.shape(), resp.mutable_data());
+  auto primary = AnswerTensor(resp.dtype(), resp.shape(), resp.mutable_data(),
+                              resp.has_data_int8_blockwise() ? &resp.data_int8_blockwise() : nullptr, "data");
+  if (!primary.ok()) return primary.status();
+  r.tensor = std::move(*primary);
   for (auto& out : *resp.mutable_outputs()) {
-    r.outputs.push_back(TensorEntry{out.name(), MakeTensor(out.dtype(), out.shape(), out.mutable_data())});
+    auto t = AnswerTensor(out.dtype(), out.shape(), out.mutable_data(),
+                          out.has_int8_blockwise() ? &out.int8_blockwise() : nullptr, "output '" + out.name() + "'");
+    if (!t.ok()) return t.status();
+    r.outputs.push_back(TensorEntry{out.name(), std::move(*t)});
   }
   for (auto& kv : *resp.mutable_present_key_values()) {
     KVEntry e;

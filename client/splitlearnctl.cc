@@ -310,12 +310,15 @@ int main(int argc, char** argv) {
 
   auto* infer = app.add_subcommand("infer", "run one random input through a model");
   std::string model, shape_text = "1x10x768", dtype_name = "float32", out_dtype_name;
-  int repeat = 1;
+  int repeat = 1, int8_block = 0;
   uint64_t seed = 0;
   infer->add_option("-m,--model", model, "model id (empty: the default model)");
   infer->add_option("--shape", shape_text, "input shape, e.g. 1x10x768")->capture_default_str();
   infer->add_option("--dtype", dtype_name, "input dtype")->capture_default_str();
   infer->add_option("--output-dtype", out_dtype_name, "answer dtype (default: the input's)");
+  infer->add_option("--int8-block", int8_block,
+                    "send the input and get the answer int8 blockwise, in blocks of this many values (0: plain)")
+      ->check(CLI::NonNegativeNumber);
   infer->add_option("--repeat", repeat, "send the request this many times")->capture_default_str();
   infer->add_option("--seed", seed, "seed of the random input")->capture_default_str();
 
@@ -510,7 +513,10 @@ int main(int argc, char** argv) {
     x.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
     for (int i = 0; i < repeat; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto r = client.Compute(model, x, out_dtype);
+      ComputeOptions options;
+      options.output_dtype = out_dtype;
+      options.int8_block = int8_block;
+      auto r = client.Compute(model, x, options);
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (!r.ok()) return Fail(r.status());
       std::string shape;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include "tests/support/catch.h"
 #include <cstdio>
 #include <cstdlib>
@@ -47,6 +48,7 @@ class FakeService final : public pb::ComputeService::Service {
       return {grpc::StatusCode::CANCELLED, "cancelled"};
     }
     resp->set_data(req->data());
+    if (req->has_data_int8_blockwise()) *resp->mutable_data_int8_blockwise() = req->data_int8_blockwise();
     resp->mutable_shape()->CopyFrom(req->shape());
     resp->set_dtype(req->output_dtype() != pb::DTYPE_UNSPECIFIED ? req->output_dtype() : req->dtype());
     if (req->has_request_id()) resp->set_request_id(req->request_id());
@@ -213,6 +215,57 @@ TEST_CASE("compute options reach the wire: dtypes, named inputs, cache, session,
   CHECK(y->forward_id == "fw-1");
   REQUIRE(y->request_id);
   CHECK(*y->request_id == 42);
+}
+
+TEST_CASE("int8_block: float32 inputs go int8 blockwise, int8 answers decode to float32", "[client]") {
+  FakeServer fake;
+  Client client(fake.address(), FastRetries(1));
+  const std::vector<float> values = {1.0f, -2.0f, 0.5f, 100.0f, 3.0f};
+  Tensor ids;
+  ids.dtype = DType::kInt64;
+  ids.shape = {1};
+  ids.data.assign(8, '\1');
+  ComputeOptions o;
+  o.int8_block = 2;
+  o.extra_inputs.push_back({"bias", Tensor::FromFloats({5}, values)});
+  o.extra_inputs.push_back({"ids", ids});
+  o.extra_inputs.push_back({"nan", Tensor::FromFloats({1}, {std::nanf("")})});
+  auto y = client.Compute("m", Tensor::FromFloats({5}, values), o);
+  REQUIRE(y.ok());
+  const auto sent = fake.service.last_request();
+  CHECK(sent.output_encoding() == pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+  CHECK(sent.output_block_size() == 2);
+  REQUIRE(sent.has_data_int8_blockwise());
+  CHECK(sent.data().size() == 5);
+  CHECK(sent.data_int8_blockwise().block_size() == 2);
+  CHECK(sent.data_int8_blockwise().scales_size() == 3);
+  REQUIRE(sent.inputs_size() == 3);
+  CHECK(sent.inputs(0).has_int8_blockwise());
+  CHECK_FALSE(sent.inputs(1).has_int8_blockwise());  // int64 goes plain
+  CHECK_FALSE(sent.inputs(2).has_int8_blockwise());  // NaN goes plain
+  CHECK(sent.inputs(2).data().size() == 4);
+
+  // The fake echoes the encoded tensors: the client decodes them within the bound.
+  auto check = [&](const Tensor& t, const pb::BlockwiseInt8& q) {
+    REQUIRE(t.dtype == DType::kFloat32);
+    const auto got = t.ToFloats();
+    REQUIRE(got.size() == values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+      CHECK(std::fabs(got[i] - values[i]) <= q.scales(static_cast<int>(i / 2)) / 2 * (1 + 1e-6f));
+    }
+  };
+  check(y->tensor, sent.data_int8_blockwise());
+  REQUIRE(y->outputs.size() == 3);
+  check(y->outputs[0].tensor, sent.inputs(0).int8_blockwise());
+  CHECK(y->outputs[1].tensor.dtype == DType::kInt64);
+
+  ComputeOptions plain;
+  auto p = client.Compute("m", Tensor::FromFloats({5}, values), plain);
+  REQUIRE(p.ok());
+  const auto legacy = fake.service.last_request();
+  CHECK_FALSE(legacy.has_data_int8_blockwise());
+  CHECK(legacy.output_encoding() == pb::OUTPUT_ENCODING_PLAIN);
+  CHECK(p->tensor.ToFloats() == values);
 }
 
 TEST_CASE("sessions and backward", "[client]") {

@@ -41,6 +41,11 @@ class CliSmokeTest(unittest.TestCase):
             self.assertTrue(lines, "splitlearnctl infer printed nothing")
             self.assertTrue(lines[0].startswith("output 1x10x64 float32"), lines[0])
 
+            # The same input int8 blockwise both ways: the answer decodes to float32.
+            int8 = run([SPLITLEARNCTL_BIN, "-a", daemon.address, "infer", "--shape", "1x10x64", "--int8-block", "64"])
+            self.assertEqual(int8.returncode, 0, f"stdout: {int8.stdout!r} stderr: {int8.stderr!r}")
+            self.assertTrue(int8.stdout.startswith("output 1x10x64 float32"), int8.stdout)
+
             # A shape the model rejects makes the tool fail, not print an output line.
             bad = run([SPLITLEARNCTL_BIN, "-a", daemon.address, "infer", "--shape", "1x10x63"])
             self.assertNotEqual(bad.returncode, 0)
