@@ -58,6 +58,21 @@ Status DecodeShape(const std::string& bytes, const ShapeField& shape, const Limi
   return Status::Ok();
 }
 
+// output_encoding and output_block_size of a request: the answer's int8 block size.
+Status AnswerEncoding(int encoding, int32_t block, WireCodec* codec) {
+  switch (encoding) {
+    case pb::OUTPUT_ENCODING_PLAIN:
+      if (block != 0) return InvalidArgument("output_block_size needs output_encoding INT8_BLOCKWISE");
+      return Status::Ok();
+    case pb::OUTPUT_ENCODING_INT8_BLOCKWISE:
+      if (block < 0) return InvalidArgument("output_block_size is negative");
+      codec->int8_block = block == 0 ? kDefaultInt8Block : block;
+      return Status::Ok();
+    default:
+      return InvalidArgument("unknown output_encoding value " + std::to_string(encoding));
+  }
+}
+
 }  // namespace
 
 template <typename ShapeField>
@@ -176,14 +191,18 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     const std::string what = "past_key_values[" + std::to_string(i) + "]";
     KVPair kv;
     WireCodec kv_codec;  // the cache may come compressed too; the answer follows `data`
-    if (auto s = DecodeTensor(e.key_data(), e.key_shape(), e.dtype(), limits, what + ".key", &kv.key, &kv_codec);
-        !s.ok()) {
-      return s;
-    }
-    if (auto s = DecodeTensor(e.value_data(), e.value_shape(), e.dtype(), limits, what + ".value", &kv.value, &kv_codec);
-        !s.ok()) {
-      return s;
-    }
+    const Status ks = e.has_key_int8_blockwise()
+                          ? DecodeInt8Tensor(e.key_data(), e.key_shape(), e.dtype(), e.key_int8_blockwise(), limits,
+                                             what + ".key", &kv.key)
+                          : DecodeTensor(e.key_data(), e.key_shape(), e.dtype(), limits, what + ".key", &kv.key,
+                                         &kv_codec);
+    if (!ks.ok()) return ks;
+    const Status vs = e.has_value_int8_blockwise()
+                          ? DecodeInt8Tensor(e.value_data(), e.value_shape(), e.dtype(), e.value_int8_blockwise(),
+                                             limits, what + ".value", &kv.value)
+                          : DecodeTensor(e.value_data(), e.value_shape(), e.dtype(), limits, what + ".value",
+                                         &kv.value, &kv_codec);
+    if (!vs.ok()) return vs;
     if (kv.key.shape.size() != 4 || kv.value.shape.size() != 4) {
       return InvalidArgument(what + ": key and value must be [batch, heads, seq_len, head_dim]");
     }
@@ -201,21 +220,12 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     if (!dt.ok()) return dt.status();
     r.output_dtype = *dt;
   }
-  switch (req.output_encoding()) {
-    case pb::OUTPUT_ENCODING_PLAIN:
-      if (req.output_block_size() != 0) return InvalidArgument("output_block_size needs output_encoding INT8_BLOCKWISE");
-      break;
-    case pb::OUTPUT_ENCODING_INT8_BLOCKWISE:
-      if (r.output_dtype && *r.output_dtype != DType::kFloat32) {
-        return InvalidArgument("int8 blockwise answers are float32; output_dtype asks for " +
-                               std::string(DTypeName(*r.output_dtype)));
-      }
-      if (req.output_block_size() < 0) return InvalidArgument("output_block_size is negative");
-      out.codec.int8_block = req.output_block_size() == 0 ? kDefaultInt8Block : req.output_block_size();
-      break;
-    default:
-      return InvalidArgument("unknown output_encoding value " + std::to_string(req.output_encoding()));
+  if (r.output_dtype && *r.output_dtype != DType::kFloat32 &&
+      req.output_encoding() == pb::OUTPUT_ENCODING_INT8_BLOCKWISE) {
+    return InvalidArgument("int8 blockwise answers are float32; output_dtype asks for " +
+                           std::string(DTypeName(*r.output_dtype)));
   }
+  if (auto s = AnswerEncoding(req.output_encoding(), req.output_block_size(), &out.codec); !s.ok()) return s;
 
   // Batching key: requests merge only when every input agrees on name, dtype and
   // trailing dimensions and all inputs share dim 0. Cache and training never merge.
@@ -281,11 +291,13 @@ StatusOr<DecodedBackward> DecodeBackward(const pb::BackwardRequest& req, const L
   if (!CheckName(req.forward_id(), limits)) return InvalidArgument("forward_id is too long");
   if (req.has_model_id() && !CheckName(req.model_id(), limits)) return InvalidArgument("model_id is too long");
   out.forward_id = req.forward_id();
-  if (auto s = DecodeTensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(), limits, "grad_output",
-                            &out.grad_output, &decoded.codec);
-      !s.ok()) {
-    return s;
-  }
+  const Status gs = req.has_grad_output_int8_blockwise()
+                        ? DecodeInt8Tensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(),
+                                           req.grad_output_int8_blockwise(), limits, "grad_output", &out.grad_output)
+                        : DecodeTensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(), limits,
+                                       "grad_output", &out.grad_output, &decoded.codec);
+  if (!gs.ok()) return gs;
+  if (auto s = AnswerEncoding(req.output_encoding(), req.output_block_size(), &decoded.codec); !s.ok()) return s;
   if (req.has_learning_rate()) {
     if (!(req.learning_rate() >= 0) || req.learning_rate() > 1e6) return InvalidArgument("learning_rate is out of range");
     out.learning_rate = req.learning_rate();
@@ -326,8 +338,14 @@ Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp, c
   }
   for (const KVPair& kv : result.present_key_values) {
     auto* e = resp->add_present_key_values();
-    legacy_bytes(e->mutable_key_data(), kv.key);
-    legacy_bytes(e->mutable_value_data(), kv.value);
+    if (!EncodeInt8(kv.key, codec.int8_block, e->mutable_key_data(), e->mutable_key_int8_blockwise())) {
+      e->clear_key_int8_blockwise();
+      legacy_bytes(e->mutable_key_data(), kv.key);
+    }
+    if (!EncodeInt8(kv.value, codec.int8_block, e->mutable_value_data(), e->mutable_value_int8_blockwise())) {
+      e->clear_value_int8_blockwise();
+      legacy_bytes(e->mutable_value_data(), kv.value);
+    }
     if (auto s = CopyShape(kv.key.shape, e->mutable_key_shape()); !s.ok()) return s;
     if (auto s = CopyShape(kv.value.shape, e->mutable_value_shape()); !s.ok()) return s;
     e->set_dtype(static_cast<pb::DType>(kv.key.dtype));
@@ -341,8 +359,11 @@ Status EncodeCompute(const InferenceResult& result, pb::ComputeResponse* resp, c
 Status EncodeBackward(const InferenceResult& result, pb::BackwardResponse* resp, const WireCodec& codec) {
   if (result.outputs.empty()) return Internal("backward returned no gradient");
   const HostTensor& g = result.outputs.front().tensor;
-  if (codec.zlib) DeflateInto(g.data, g.nbytes, resp->mutable_grad_input_data());
-  else AssignBytes(resp->mutable_grad_input_data(), g.data, g.nbytes);
+  if (!EncodeInt8(g, codec.int8_block, resp->mutable_grad_input_data(), resp->mutable_grad_input_int8_blockwise())) {
+    resp->clear_grad_input_int8_blockwise();
+    if (codec.zlib) DeflateInto(g.data, g.nbytes, resp->mutable_grad_input_data());
+    else AssignBytes(resp->mutable_grad_input_data(), g.data, g.nbytes);
+  }
   if (auto s = CopyShape(g.shape, resp->mutable_grad_input_shape()); !s.ok()) return s;
   resp->set_dtype(static_cast<pb::DType>(g.dtype));
   return Status::Ok();

@@ -57,11 +57,13 @@ StatusOr<DecodedBackward> DecodeBackward(const splitlearn::comm::BackwardRequest
 
 // Fills data/shape/dtype, extra outputs, present_key_values and the ids of `resp`;
 // with codec.zlib, `data` and the cache's bytes are zlib streams, as the request's were.
-// With codec.int8_block, float32 outputs (primary and named) go int8 blockwise; an
-// output of another dtype, or one holding NaN or infinity, goes plain.
+// With codec.int8_block, float32 outputs (primary, named and the cache's keys and
+// values) go int8 blockwise; a tensor of another dtype, or one holding NaN or
+// infinity, goes as it would without (plain, or zlib for the legacy fields).
 Status EncodeCompute(const InferenceResult& result, splitlearn::comm::ComputeResponse* resp,
                      const WireCodec& codec = {});
-// Fills the input gradient of `resp` from outputs[0] (zlib-compressed with codec.zlib).
+// Fills the input gradient of `resp` from outputs[0]: int8 blockwise with
+// codec.int8_block (when float32 and finite), else zlib-compressed with codec.zlib.
 Status EncodeBackward(const InferenceResult& result, splitlearn::comm::BackwardResponse* resp,
                       const WireCodec& codec = {});
 

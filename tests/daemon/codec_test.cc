@@ -342,3 +342,93 @@ TEST_CASE("int8 blockwise answers only when asked: float32 outputs quantised, ot
   CHECK(resp.outputs(2).data() == resp.data());
   CHECK(resp.outputs(2).int8_blockwise().scales_size() == 2);
 }
+
+TEST_CASE("int8 blockwise KV caches: decoded in requests, encoded in answers when asked") {
+  const std::vector<float> k = {0.5f, -1.0f, 2.0f, 4.0f}, v = {1.0f, 1.0f, -3.0f, 0.0f};
+  auto r = Floats({1, 4}, 4);
+  r.set_use_cache(true);
+  r.set_output_encoding(pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+  r.set_output_block_size(2);
+  auto* e = r.add_past_key_values();
+  for (int d : {1, 1, 1, 4}) {
+    e->add_key_shape(d);
+    e->add_value_shape(d);
+  }
+  auto ek = EncodeBlockwiseInt8(k.data(), k.size(), 2);
+  REQUIRE(ek.ok());
+  e->set_key_data(std::string(ek->codes.begin(), ek->codes.end()));
+  e->mutable_key_int8_blockwise()->set_block_size(2);
+  e->mutable_key_int8_blockwise()->mutable_scales()->Add(ek->scales.begin(), ek->scales.end());
+  e->set_value_data(std::string(reinterpret_cast<const char*>(v.data()), 16));  // value plain float32
+  auto d = DecodeCompute(r, Limits{});
+  REQUIRE(d.ok());
+  REQUIRE(d->request.past_key_values.size() == 1);
+  auto key = AsFloats(d->request.past_key_values[0].key);
+  for (size_t i = 0; i < k.size(); ++i) CHECK(std::fabs(key[i] - k[i]) <= ek->scales[i / 2] / 2 * (1 + 1e-6f));
+  CHECK(AsFloats(d->request.past_key_values[0].value) == v);
+
+  auto bad = r;
+  bad.mutable_past_key_values(0)->mutable_key_int8_blockwise()->add_scales(1.0f);
+  auto b = DecodeCompute(bad, Limits{});
+  REQUIRE_FALSE(b.ok());
+  CHECK(b.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(b.status().message(), Catch::Contains("past_key_values[0].key"));
+
+  InferenceResult res;
+  const HostTensor kt{DType::kFloat32, {1, 1, 1, 4}, k.data(), 16, nullptr};
+  res.outputs.push_back(NamedTensor{"", kt});
+  res.present_key_values.push_back(KVPair{kt, kt});
+  pb::ComputeResponse resp;
+  REQUIRE(EncodeCompute(res, &resp, d->codec).ok());
+  REQUIRE(resp.present_key_values_size() == 1);
+  const auto& pe = resp.present_key_values(0);
+  REQUIRE(pe.has_key_int8_blockwise());
+  REQUIRE(pe.has_value_int8_blockwise());
+  CHECK(pe.key_data().size() == 4);
+  CHECK(pe.key_int8_blockwise().scales_size() == 2);
+  pb::ComputeResponse plain;
+  REQUIRE(EncodeCompute(res, &plain).ok());
+  CHECK_FALSE(plain.present_key_values(0).has_key_int8_blockwise());
+  CHECK(plain.present_key_values(0).key_data().size() == 16);
+}
+
+TEST_CASE("int8 blockwise grad_output and grad_input") {
+  const std::vector<float> g = {0.25f, -0.5f, 8.0f};
+  pb::BackwardRequest req;
+  req.set_forward_id("f");
+  req.add_grad_output_shape(3);
+  auto eg = EncodeBlockwiseInt8(g.data(), g.size(), 2);
+  REQUIRE(eg.ok());
+  req.set_grad_output_data(std::string(eg->codes.begin(), eg->codes.end()));
+  req.mutable_grad_output_int8_blockwise()->set_block_size(2);
+  req.mutable_grad_output_int8_blockwise()->mutable_scales()->Add(eg->scales.begin(), eg->scales.end());
+  auto plain_answer = DecodeBackward(req, Limits{});
+  REQUIRE(plain_answer.ok());
+  CHECK(plain_answer->codec.int8_block == 0);
+  auto got = AsFloats(plain_answer->request.grad_output);
+  for (size_t i = 0; i < g.size(); ++i) CHECK(std::fabs(got[i] - g[i]) <= eg->scales[i / 2] / 2 * (1 + 1e-6f));
+
+  req.set_output_encoding(pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+  auto d = DecodeBackward(req, Limits{});
+  REQUIRE(d.ok());
+  CHECK(d->codec.int8_block == kDefaultInt8Block);
+  InferenceResult res;
+  res.outputs.push_back(NamedTensor{"grad_input", HostTensor{DType::kFloat32, {3}, g.data(), 12, nullptr}});
+  pb::BackwardResponse resp;
+  REQUIRE(EncodeBackward(res, &resp, d->codec).ok());
+  REQUIRE(resp.has_grad_input_int8_blockwise());
+  CHECK(resp.grad_input_data().size() == 3);
+  CHECK(resp.grad_input_int8_blockwise().scales_size() == 1);
+  pb::BackwardResponse legacy;
+  REQUIRE(EncodeBackward(res, &legacy, plain_answer->codec).ok());
+  CHECK_FALSE(legacy.has_grad_input_int8_blockwise());
+  CHECK(legacy.grad_input_data().size() == 12);
+
+  auto bad = req;
+  bad.mutable_grad_output_data()->pop_back();
+  CHECK(DecodeBackward(bad, Limits{}).status().code() == StatusCode::kInvalidArgument);
+  auto bad_block = req;
+  bad_block.set_output_encoding(pb::OUTPUT_ENCODING_PLAIN);
+  bad_block.set_output_block_size(4);
+  CHECK(DecodeBackward(bad_block, Limits{}).status().code() == StatusCode::kInvalidArgument);
+}
