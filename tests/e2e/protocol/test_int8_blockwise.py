@@ -10,6 +10,8 @@ quantised and answers asked quantised, through the real daemon.
                      counts, a block size of 0 and a negative scale are INVALID_ARGUMENT
   ClientPackageInt8Test  the splitlearnd_client package's int8_block option, named
                      inputs and outputs included
+  TrainingInt8Test   a training forward on int8 inputs and a backward with int8
+                     grad_output and grad_input, within the bound of autograd's gradient
 """
 import os
 import sys
@@ -264,3 +266,43 @@ class ClientPackageInt8Test(DaemonTestCase):
     def _enc(tensors, t, block):
         codes, shape, scales = tensors.encode_int8_blockwise(t, block)
         return codes, shape, scales
+
+
+class TrainingInt8Test(DaemonTestCase):
+    """A training forward on int8 inputs, then ComputeBackward with an int8 grad_output
+    asking for an int8 grad_input: within grad_input's own bound of autograd's gradient
+    for the decoded tensors (learning rate 0, so the weights stay PyTorch's)."""
+
+    @classmethod
+    def make_models(cls, workdir):
+        cls.path = torch_models.make(torch_models.LinearGelu, os.path.join(workdir, "linear.pt"), seed=41)
+        return [model_entry("linear", "linear.pt", [1, 768], default=True,
+                            training={"enabled": True, "optimizer": "sgd", "learning_rate": 0.0})]
+
+    def test_backward_int8_both_ways(self):
+        channel = grpc.insecure_channel(self.daemon.address, options=LEGACY_CHANNEL_OPTIONS)
+        self.addCleanup(channel.close)
+        stub = compute_pb2_grpc.ComputeServiceStub(channel)
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal((2, 768)).astype(np.float32)
+        g = (rng.standard_normal((2, 768)) * 0.01).astype(np.float32)
+        block = 32
+        x_data, x_q = quantised(x, block)
+        fwd = stub.Compute(compute_pb2.ComputeRequest(data=x_data, shape=list(x.shape), data_int8_blockwise=x_q,
+                                                      training_mode=True, forward_id="f-int8"), timeout=60)
+        self.assertEqual(fwd.forward_id, "f-int8")
+        g_data, g_q = quantised(g, block)
+        resp = stub.ComputeBackward(compute_pb2.BackwardRequest(
+            grad_output_data=g_data, grad_output_shape=list(g.shape), forward_id="f-int8",
+            grad_output_int8_blockwise=g_q, output_encoding=INT8, output_block_size=block), timeout=60)
+        self.assertTrue(resp.HasField("grad_input_int8_blockwise"))
+        self.assertEqual(len(resp.grad_input_data), x.size)
+        got, step = decode(resp.grad_input_data, resp.grad_input_int8_blockwise.scales, block, resp.grad_input_shape)
+
+        module = torch.jit.load(self.path, map_location="cpu")
+        xq = torch.from_numpy(decode(x_data, x_q.scales, block, x.shape)[0]).requires_grad_(True)
+        module(xq).backward(torch.from_numpy(decode(g_data, g_q.scales, block, g.shape)[0]))
+        want = xq.grad.numpy()
+        bound = step / 2 + np.abs(got.astype(np.float64)) * 2.0 ** -24 + COMPUTE_TOLERANCE
+        err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        self.assertTrue(np.all(err <= bound), f"worst error {err.max()}")
