@@ -279,8 +279,14 @@ StatusOr<ComputeResult> Client::Compute(const std::string& model_id, const Tenso
   }
   for (const auto& kv : options.past_key_values) {
     auto* e = req.add_past_key_values();
-    e->set_key_data(kv.key.data);
-    e->set_value_data(kv.value.data);
+    if (!Int8Encode(kv.key, options.int8_block, e->mutable_key_data(), e->mutable_key_int8_blockwise())) {
+      e->clear_key_int8_blockwise();
+      e->set_key_data(kv.key.data);
+    }
+    if (!Int8Encode(kv.value, options.int8_block, e->mutable_value_data(), e->mutable_value_int8_blockwise())) {
+      e->clear_value_int8_blockwise();
+      e->set_value_data(kv.value.data);
+    }
     if (auto s = ToInt32Shape(kv.key.shape, e->mutable_key_shape()); !s.ok()) return s;
     if (auto s = ToInt32Shape(kv.value.shape, e->mutable_value_shape()); !s.ok()) return s;
     if (kv.key.dtype != kv.value.dtype) return InvalidArgument("a cache entry's key and value must share a dtype");
@@ -313,8 +319,14 @@ StatusOr<ComputeResult> Client::Compute(const std::string& model_id, const Tenso
   }
   for (auto& kv : *resp.mutable_present_key_values()) {
     KVEntry e;
-    e.key = MakeTensor(kv.dtype(), kv.key_shape(), kv.mutable_key_data());
-    e.value = MakeTensor(kv.dtype(), kv.value_shape(), kv.mutable_value_data());
+    auto key = AnswerTensor(kv.dtype(), kv.key_shape(), kv.mutable_key_data(),
+                            kv.has_key_int8_blockwise() ? &kv.key_int8_blockwise() : nullptr, "present key");
+    if (!key.ok()) return key.status();
+    auto value = AnswerTensor(kv.dtype(), kv.value_shape(), kv.mutable_value_data(),
+                              kv.has_value_int8_blockwise() ? &kv.value_int8_blockwise() : nullptr, "present value");
+    if (!value.ok()) return value.status();
+    e.key = std::move(*key);
+    e.value = std::move(*value);
     r.present_key_values.push_back(std::move(e));
   }
   r.forward_id = resp.forward_id();

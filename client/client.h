@@ -143,10 +143,10 @@ struct ComputeOptions {
   std::string forward_id;                  // optional: names the training forward
   std::optional<int32_t> request_id;       // echoed back; shows in the daemon's debug log
   std::map<std::string, std::string> metadata;
-  // > 0: float32 inputs (primary and extra) go int8 blockwise in blocks of this many
-  // values (one holding NaN or infinity goes plain), and float32 outputs come back so,
-  // each value within half a quantisation step of its block (docs/protocol.md). The
-  // result's tensors are float32 as usual.
+  // > 0: float32 inputs (primary, extra and the cache) go int8 blockwise in blocks of
+  // this many values (one holding NaN or infinity goes plain), and float32 outputs and
+  // a returned cache come back so, each value within half a quantisation step of its
+  // block (docs/protocol.md). The result's tensors are float32 as usual.
   int int8_block = 0;
 };
 

@@ -230,6 +230,8 @@ TEST_CASE("int8_block: float32 inputs go int8 blockwise, int8 answers decode to 
   o.extra_inputs.push_back({"bias", Tensor::FromFloats({5}, values)});
   o.extra_inputs.push_back({"ids", ids});
   o.extra_inputs.push_back({"nan", Tensor::FromFloats({1}, {std::nanf("")})});
+  o.past_key_values.push_back(KVEntry{Tensor::FromFloats({1, 1, 1, 5}, values), Tensor::FromFloats({1, 1, 1, 5}, values)});
+  o.use_cache = true;
   auto y = client.Compute("m", Tensor::FromFloats({5}, values), o);
   REQUIRE(y.ok());
   const auto sent = fake.service.last_request();
@@ -258,6 +260,13 @@ TEST_CASE("int8_block: float32 inputs go int8 blockwise, int8 answers decode to 
   REQUIRE(y->outputs.size() == 3);
   check(y->outputs[0].tensor, sent.inputs(0).int8_blockwise());
   CHECK(y->outputs[1].tensor.dtype == DType::kInt64);
+  REQUIRE(sent.past_key_values_size() == 1);
+  REQUIRE(sent.past_key_values(0).has_key_int8_blockwise());
+  REQUIRE(sent.past_key_values(0).has_value_int8_blockwise());
+  CHECK(sent.past_key_values(0).key_data().size() == 5);
+  REQUIRE(y->present_key_values.size() == 1);
+  check(y->present_key_values[0].key, sent.past_key_values(0).key_int8_blockwise());
+  check(y->present_key_values[0].value, sent.past_key_values(0).value_int8_blockwise());
 
   ComputeOptions plain;
   auto p = client.Compute("m", Tensor::FromFloats({5}, values), plain);

@@ -231,10 +231,11 @@ class Client:
                 retry: Optional[RetryPolicy] = None) -> ComputeResult:
         """One forward of `model_id` (empty: the daemon's default model) on `x`.
 
-        int8_block > 0: floating inputs (x and `inputs`) go int8 blockwise in blocks of
-        this many values (a tensor holding NaN or infinity goes plain), and float32
-        outputs come back that way: a quarter of float32's bytes, each value within half
-        a quantisation step of its block (docs/protocol.md); they decode to float32.
+        int8_block > 0: floating inputs (x, `inputs`, the cache) go int8 blockwise in
+        blocks of this many values (a tensor holding NaN or infinity goes plain), and
+        float32 outputs and a returned cache come back that way: a quarter of float32's
+        bytes, each value within half a quantisation step of its block
+        (docs/protocol.md); they decode to float32.
 
         inputs: further inputs by forward() argument name. output_dtype: the answer's
         dtype (default: x's). past_key_values + use_cache: the legacy KV cache, one
@@ -275,6 +276,13 @@ class Client:
             vd, vs, vc = tensors.encode(value)
             if kc != vc:
                 raise TypeError("a cache entry's key and value must have the same dtype")
+            kq, vq = self._int8_encode(key, int8_block), self._int8_encode(value, int8_block)
+            if kq is not None and vq is not None:  # both or neither: the entry has one dtype
+                entry = req.past_key_values.add(key_data=kq[0], key_shape=ks, value_data=vq[0], value_shape=vs)
+                entry.key_int8_blockwise.block_size = entry.value_int8_blockwise.block_size = int8_block
+                entry.key_int8_blockwise.scales.extend(kq[2])
+                entry.value_int8_blockwise.scales.extend(vq[2])
+                continue
             entry = req.past_key_values.add(key_data=kd, key_shape=ks, value_data=vd, value_shape=vs)
             if kc != tensors.DTYPE_FLOAT32:
                 entry.dtype = kc
@@ -302,9 +310,12 @@ class Client:
                           resp.data_int8_blockwise if resp.HasField("data_int8_blockwise") else None),
             outputs={o.name: decode(o.data, o.shape, o.dtype, o.int8_blockwise if o.HasField("int8_blockwise") else None)
                      for o in resp.outputs},
-            present_key_values=[(tensors.decode(e.key_data, e.key_shape, e.dtype),
-                                 tensors.decode(e.value_data, e.value_shape, e.dtype))
-                                for e in resp.present_key_values],
+            present_key_values=[
+                (decode(e.key_data, e.key_shape, e.dtype,
+                        e.key_int8_blockwise if e.HasField("key_int8_blockwise") else None),
+                 decode(e.value_data, e.value_shape, e.dtype,
+                        e.value_int8_blockwise if e.HasField("value_int8_blockwise") else None))
+                for e in resp.present_key_values],
             forward_id=resp.forward_id,
             session_id=resp.session_id,
             session_tokens=resp.session_tokens,

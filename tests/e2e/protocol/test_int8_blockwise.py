@@ -9,7 +9,7 @@ quantised and answers asked quantised, through the real daemon.
                      unmodified legacy client, get plain float32; wrong scale or byte
                      counts, a block size of 0 and a negative scale are INVALID_ARGUMENT
   ClientPackageInt8Test  the splitlearnd_client package's int8_block option, named
-                     inputs and outputs included
+                     inputs and outputs and a KV cache both ways included
   TrainingInt8Test   a training forward on int8 inputs and a backward with int8
                      grad_output and grad_input, within the bound of autograd's gradient
 """
@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import torch
 
+import replica_models
 import torch_models
 from legacy_wire import LEGACY_CHANNEL_OPTIONS, LegacyClient
 import splitlearnd_launcher as launcher
@@ -230,7 +231,47 @@ class ClientPackageInt8Test(DaemonTestCase):
     @classmethod
     def make_models(cls, workdir):
         torch.jit.script(Mixer()).save(os.path.join(workdir, "mixer.pt"))
-        return [model_entry("mixer", "mixer.pt", default=True)]
+        replica_models.write(replica_models.RunningSum, os.path.join(workdir, "running-sum.pt"))
+        return [model_entry("mixer", "mixer.pt", default=True), model_entry("running-sum", "running-sum.pt")]
+
+    def assertNear(self, got, want, block):
+        """Per block of `got`: within half its step (at most max|got| / 254, give or
+        take the rounding up of the scale) plus the float32 tolerance."""
+        flat_got, flat_want = got.reshape(-1).double(), want.reshape(-1).double()
+        for start in range(0, flat_got.numel(), block):
+            g, w = flat_got[start:start + block], flat_want[start:start + block]
+            half_step = float(g.abs().max()) / 254 * 1.01 + 1e-6
+            self.assertLessEqual(float((g - w).abs().max()), half_step + COMPUTE_TOLERANCE)
+
+    def test_cache_with_int8_block(self):
+        sys.path.insert(0, os.path.join(launcher.SOURCE_DIR, "client", "python"))
+        from splitlearnd_client import Client, tensors
+
+        def roundtrip(t, block):
+            codes, shape, scales = tensors.encode_int8_blockwise(t, block)
+            return tensors.decode_int8_blockwise(codes, shape, scales, block)
+
+        client = Client(self.daemon.address, timeout=60)
+        self.addCleanup(client.close)
+        module = torch.jit.script(replica_models.RunningSum())
+        gen = torch.Generator().manual_seed(9)
+        block = 4
+        x1, x2 = torch.randn(1, 3, 8, generator=gen), torch.randn(1, 1, 8, generator=gen)
+        r1 = client.compute(x1, model_id="running-sum", use_cache=True, int8_block=block)
+        self.assertEqual(len(r1.present_key_values), 1)
+        key, value = r1.present_key_values[0]
+        self.assertEqual(key.dtype, torch.float32)
+        with torch.no_grad():
+            want_out, want_presents = module(roundtrip(x1, block), None, True)
+        self.assertNear(r1.output, want_out, block)
+        self.assertNear(key, want_presents[0][0], block)
+        self.assertNear(value, want_presents[0][1], block)
+        r2 = client.compute(x2, model_id="running-sum", past_key_values=[(key, value)], use_cache=True,
+                            int8_block=block)
+        with torch.no_grad():
+            past = [(roundtrip(key, block), roundtrip(value, block))]
+            want_out, _ = module(roundtrip(x2, block), past, True)
+        self.assertNear(r2.output, want_out, block)
 
     def test_compute_with_int8_block(self):
         sys.path.insert(0, os.path.join(launcher.SOURCE_DIR, "client", "python"))
@@ -249,14 +290,8 @@ class ClientPackageInt8Test(DaemonTestCase):
         with torch.no_grad():
             want = Mixer()(xq, bq)
         self.assertEqual(result.output.dtype, torch.float32)
-        for got, ref in ((result.output, want["y"]), (result.outputs["total"], want["total"])):
-            # Each block's step is at most its absmax / 127 rounded up, and |got| bounds it
-            # from above up to half a step: half a step <= max|got| / 254 + slack.
-            flat_got, flat_ref = got.reshape(-1).double(), ref.reshape(-1).double()
-            for start in range(0, flat_got.numel(), block):
-                g, r = flat_got[start:start + block], flat_ref[start:start + block]
-                half_step = float(g.abs().max()) / 254 * 1.01 + 1e-6
-                self.assertLessEqual(float((g - r).abs().max()), half_step + COMPUTE_TOLERANCE)
+        self.assertNear(result.output, want["y"], block)
+        self.assertNear(result.outputs["total"], want["total"], block)
         self.assertTrue(torch.equal(result.outputs["argmax"], want["argmax"]))
         plain = client.compute(x, inputs={"bias": bias})
         with torch.no_grad():
