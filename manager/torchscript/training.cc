@@ -107,35 +107,42 @@ void Training::Keep(const std::string& id, Graph graph, const TrainingConfig& co
 }
 
 StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = graphs_.find(request.forward_id);
-  if (it == graphs_.end()) {
-    return NotFound("unknown or expired forward_id '" + request.forward_id + "' for model '" + model_id_ + "'");
+  Graph graph;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = graphs_.find(request.forward_id);
+    if (it == graphs_.end()) {
+      return NotFound("unknown or expired forward_id '" + request.forward_id + "' for model '" + model_id_ + "'");
+    }
+    // A grad_output of the wrong shape leaves the graph where it is: a corrected retry
+    // still finds it.
+    if (it->second.output.sizes().vec() != request.grad_output.shape) {
+      std::ostringstream os;
+      os << "grad_output shape " << c10::IntArrayRef(request.grad_output.shape)
+         << " does not match the forward's output shape " << it->second.output.sizes();
+      return InvalidArgument(os.str());
+    }
+    graph = std::move(it->second);
+    graphs_.erase(it);
+    UpdateStatsLocked();
   }
-  // A grad_output of the wrong shape leaves the graph where it is: a corrected retry
-  // still finds it.
-  if (it->second.output.sizes().vec() != request.grad_output.shape) {
-    std::ostringstream os;
-    os << "grad_output shape " << c10::IntArrayRef(request.grad_output.shape)
-       << " does not match the forward's output shape " << it->second.output.sizes();
-    return InvalidArgument(os.str());
-  }
-  const Graph graph = std::move(it->second);
-  graphs_.erase(it);
-  UpdateStatsLocked();
+  // The backward pass runs without mu_: only the optimizer step, which a checkpoint
+  // written from another thread reads, needs it.
+  auto failed = [&](Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (optimizer_) optimizer_->zero_grad();
+    return status;
+  };
   try {
     return Gradients(graph, request);
   } catch (const torch::jit::JITException& e) {
-    if (optimizer_) optimizer_->zero_grad();
-    return ModelError(e.what(), /*raised_by_model=*/true);
+    return failed(ModelError(e.what(), /*raised_by_model=*/true));
   } catch (const c10::Error& e) {
-    if (optimizer_) optimizer_->zero_grad();
-    return ModelError(e.what_without_backtrace());
+    return failed(ModelError(e.what_without_backtrace()));
   } catch (const std::exception& e) {
     // Errors from the part of backward the TorchScript interpreter runs (out of
     // memory, for one) arrive as plain std::exception.
-    if (optimizer_) optimizer_->zero_grad();
-    return ModelError(e.what());
+    return failed(ModelError(e.what()));
   }
 }
 
@@ -160,6 +167,7 @@ StatusOr<InferenceResult> Training::Gradients(const Graph& graph, const Backward
 }
 
 void Training::Step(const BackwardRequest& request) {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!optimizer_) return;
   const int every = std::max(1, request.accumulation_steps);
   if (++backwards_ % every != 0) return;  // keep accumulating

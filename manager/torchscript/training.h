@@ -70,8 +70,8 @@ class Training {
 
   // Keeps `graph` under `id`, evicting the oldest beyond the config's count and bytes.
   void Keep(const std::string& id, Graph graph, const TrainingConfig& config);  // mu_ held
-  StatusOr<InferenceResult> Gradients(const Graph& graph, const BackwardRequest& request);  // mu_ held
-  void Step(const BackwardRequest& request);  // mu_ held
+  StatusOr<InferenceResult> Gradients(const Graph& graph, const BackwardRequest& request);  // mu_ not held
+  void Step(const BackwardRequest& request);  // takes mu_
   Status SaveLocked(const std::string& path);  // mu_ held
   void UpdateStatsLocked();  // mu_ held
 
