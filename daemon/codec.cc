@@ -146,6 +146,9 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
   r.training = req.training_mode();
   if (req.has_forward_id()) r.forward_id = req.forward_id();
   if (r.training && !r.session_id.empty()) return InvalidArgument("a training forward cannot use a session");
+  if (r.training && req.past_key_values_size() > 0) {
+    return InvalidArgument("a training forward cannot take past_key_values: gradients do not flow into a cache");
+  }
   if (!r.session_id.empty() && req.past_key_values_size() > 0) {
     return InvalidArgument("a session step takes its cache from the session, not from past_key_values");
   }
@@ -297,6 +300,23 @@ StatusOr<DecodedBackward> DecodeBackward(const pb::BackwardRequest& req, const L
                         : DecodeTensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(), limits,
                                        "grad_output", &out.grad_output, &decoded.codec);
   if (!gs.ok()) return gs;
+  if (req.grad_outputs_size() > limits.max_inputs) return InvalidArgument("too many grad_outputs");
+  for (int i = 0; i < req.grad_outputs_size(); ++i) {
+    const auto& g = req.grad_outputs(i);
+    if (g.name().empty()) return InvalidArgument("grad_outputs[" + std::to_string(i) + "] has no name");
+    if (!CheckName(g.name(), limits)) return InvalidArgument("grad_outputs[" + std::to_string(i) + "]: name is too long");
+    NamedTensor t;
+    t.name = g.name();
+    const std::string what = "grad_output '" + g.name() + "'";
+    const Status s = g.has_int8_blockwise()
+                         ? DecodeInt8Tensor(g.data(), g.shape(), g.dtype(), g.int8_blockwise(), limits, what, &t.tensor)
+                         : DecodeTensor(g.data(), g.shape(), g.dtype(), limits, what, &t.tensor);
+    if (!s.ok()) return s;
+    for (const auto& prev : out.named_grad_outputs) {
+      if (prev.name == t.name) return InvalidArgument(what + " is given twice");
+    }
+    out.named_grad_outputs.push_back(std::move(t));
+  }
   if (auto s = AnswerEncoding(req.output_encoding(), req.output_block_size(), &decoded.codec); !s.ok()) return s;
   if (req.has_learning_rate()) {
     if (!(req.learning_rate() >= 0) || req.learning_rate() > 1e6) return InvalidArgument("learning_rate is out of range");

@@ -37,6 +37,7 @@ struct InferenceRequest {
 struct BackwardRequest {
   std::string forward_id;
   HostTensor grad_output;  // gradient of the primary output
+  std::vector<NamedTensor> named_grad_outputs;  // of further outputs, by answer name
   std::optional<double> learning_rate;
   int accumulation_steps = 1;  // optimizer steps every this many backwards
   TrainingConfig training_config;

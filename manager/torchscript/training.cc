@@ -2,10 +2,13 @@
 
 #include <spdlog/spdlog.h>
 #include <torch/serialize.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/jit_exception.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
+#include <optional>
 #include <sstream>
 
 #include "common/files.h"
@@ -52,6 +55,43 @@ void Training::RestoreOptimizer(const std::string& path) {
   }
 }
 
+// An optimizer step changes the parameters in place, and autograd refuses a backward
+// whose saved tensors changed since its forward. The stash gives the forward clones
+// (gradients still flow to the parameters through them) and puts the parameters back
+// afterwards; only the device worker runs the module, so nothing else sees the swap.
+class Training::ParameterStash {
+ public:
+  explicit ParameterStash(const torch::jit::Module& module) {
+    std::map<const c10::TensorImpl*, at::Tensor> copies;  // tied weights share one copy
+    for (torch::jit::Module m : module.modules()) {
+      for (const auto& p : m.named_parameters(/*recurse=*/false)) {
+        auto [it, fresh] = copies.try_emplace(p.value.unsafeGetTensorImpl());
+        if (fresh) {
+          it->second = p.value.clone();
+          bytes_ += static_cast<int64_t>(p.value.nbytes());
+        }
+        swapped_.push_back({m, p.name, p.value});
+        m.setattr(p.name, it->second);
+      }
+    }
+  }
+  ~ParameterStash() {
+    for (auto& s : swapped_) s.module.setattr(s.name, s.original);
+  }
+  ParameterStash(const ParameterStash&) = delete;
+  ParameterStash& operator=(const ParameterStash&) = delete;
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  struct Swapped {
+    torch::jit::Module module;
+    std::string name;
+    at::Tensor original;
+  };
+  std::vector<Swapped> swapped_;
+  int64_t bytes_ = 0;
+};
+
 StatusOr<InferenceResult> Training::Forward(const InferenceRequest& request, const ForwardFn& forward) {
   if (!request.training_config.enabled) return FailedPrecondition("training is not enabled for model '" + model_id_ + "'");
   torch::AutoGradMode enable(true);
@@ -65,17 +105,26 @@ StatusOr<InferenceResult> Training::Forward(const InferenceRequest& request, con
     graph.names.push_back(in.name.empty() ? "grad_input" : "grad_" + in.name);
     graph.input_dtypes.push_back(in.tensor.dtype);
   }
-  auto out = forward(graph.inputs);
+  StatusOr<c10::IValue> out = [&] {
+    std::optional<ParameterStash> stash;
+    if (optimizer_) graph.bytes += stash.emplace(module_).bytes();
+    return forward(graph.inputs);
+  }();
   if (!out.ok()) return out.status();
   auto read = ReadOutput(*out);
   if (!read.ok()) return read.status();
-  // The gradient the client sends is that of the primary output; the other outputs and
-  // the cache are answered, not differentiated.
+  // The client sends the gradient of the primary output, and of further outputs by
+  // name if it wants; the cache is answered, not differentiated.
   graph.output = read->tensors.front();
   if (!graph.output.requires_grad()) {
     return FailedPrecondition("the output of model '" + model_id_ + "' does not depend on a trainable input or parameter");
   }
   graph.bytes += static_cast<int64_t>(graph.output.nbytes());
+  for (size_t i = 1; i < read->tensors.size(); ++i) {
+    if (!read->tensors[i].requires_grad()) continue;
+    graph.named_outputs.emplace_back(read->names[i], read->tensors[i]);
+    graph.bytes += static_cast<int64_t>(read->tensors[i].nbytes());
+  }
   graph.created = Clock::now();
 
   // Inference's answer to the same output.
@@ -122,6 +171,20 @@ StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
          << " does not match the forward's output shape " << it->second.output.sizes();
       return InvalidArgument(os.str());
     }
+    for (const auto& g : request.named_grad_outputs) {
+      const auto& outs = it->second.named_outputs;
+      auto o = std::find_if(outs.begin(), outs.end(), [&](const auto& n) { return n.first == g.name; });
+      if (o == outs.end()) {
+        return InvalidArgument("grad_output '" + g.name + "': forward '" + request.forward_id +
+                               "' has no differentiable output of that name");
+      }
+      if (o->second.sizes().vec() != g.tensor.shape) {
+        std::ostringstream os;
+        os << "grad_output '" << g.name << "' shape " << c10::IntArrayRef(g.tensor.shape)
+           << " does not match the output's shape " << o->second.sizes();
+        return InvalidArgument(os.str());
+      }
+    }
     graph = std::move(it->second);
     graphs_.erase(it);
     UpdateStatsLocked();
@@ -147,9 +210,17 @@ StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
 }
 
 StatusOr<InferenceResult> Training::Gradients(const Graph& graph, const BackwardRequest& request) {
-  at::Tensor grad = ToTensor(request.grad_output, device_).to(graph.output.scalar_type());
+  std::vector<at::Tensor> outputs{graph.output};
+  std::vector<at::Tensor> grads{ToTensor(request.grad_output, device_).to(graph.output.scalar_type())};
+  for (const auto& g : request.named_grad_outputs) {
+    for (const auto& [name, t] : graph.named_outputs) {
+      if (name != g.name) continue;
+      outputs.push_back(t);
+      grads.push_back(ToTensor(g.tensor, device_).to(t.scalar_type()));
+    }
+  }
   torch::AutoGradMode enable(true);
-  graph.output.backward(grad);
+  torch::autograd::backward(outputs, grads);
   InferenceResult result;
   for (size_t i = 0; i < graph.inputs.size(); ++i) {
     const at::Tensor& in = graph.inputs[i];

@@ -44,6 +44,13 @@ class Training {
 
   // A training forward: the output, and its graph kept under result.forward_id
   // (request.forward_id, or a server-minted id) for Backward.
+  //
+  // Where the optimizer steps, the forward runs on a copy of the parameters that the
+  // graph keeps (weight stashing): several forwards may be in flight, their backwards
+  // may come in any order, and each computes its input gradient with the weights its
+  // forward saw while its parameter gradient updates the weights of the moment
+  // (pipelined SGD; docs/models.md). The copy costs the parameters' bytes per graph
+  // and is counted in training_graph_bytes.
   StatusOr<InferenceResult> Forward(const InferenceRequest& request, const ForwardFn& forward);
   // The input gradients of a kept forward (which is then gone), and an optimizer step
   // every request.accumulation_steps backwards.
@@ -64,6 +71,8 @@ class Training {
     std::vector<std::string> names;
     std::vector<DType> input_dtypes;
     at::Tensor output;
+    // Further outputs a client may send gradients for, by answer name.
+    std::vector<std::pair<std::string, at::Tensor>> named_outputs;
     int64_t bytes = 0;
     Clock::time_point created;
   };
@@ -76,7 +85,9 @@ class Training {
   void UpdateStatsLocked();  // mu_ held
 
   const std::string model_id_;
-  const torch::jit::Module module_;  // a handle on the model's module, for checkpoints
+  // Swaps the module's parameters for copies while one training forward runs.
+  class ParameterStash;
+  const torch::jit::Module module_;  // a handle on the model's module, for checkpoints and the stash
   const c10::Device device_;
   const std::string checkpoint_path_;
   std::mutex mu_;

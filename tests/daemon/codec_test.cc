@@ -432,3 +432,60 @@ TEST_CASE("int8 blockwise grad_output and grad_input") {
   bad_block.set_output_block_size(4);
   CHECK(DecodeBackward(bad_block, Limits{}).status().code() == StatusCode::kInvalidArgument);
 }
+
+TEST_CASE("named gradients decode by name; unnamed, repeated or malformed ones are INVALID_ARGUMENT") {
+  pb::BackwardRequest req;
+  req.set_forward_id("f");
+  req.add_grad_output_shape(2);
+  req.set_grad_output_data(std::string(8, '\0'));
+  auto* pooled = req.add_grad_outputs();
+  pooled->set_name("pooled");
+  pooled->add_shape(1);
+  pooled->set_data(std::string(4, '\0'));
+  const std::vector<float> g = {1.0f, -2.0f, 3.0f};
+  auto eg = EncodeBlockwiseInt8(g.data(), g.size(), 64);
+  REQUIRE(eg.ok());
+  auto* q = req.add_grad_outputs();
+  q->set_name("output_1");
+  q->add_shape(3);
+  q->set_data(std::string(eg->codes.begin(), eg->codes.end()));
+  q->mutable_int8_blockwise()->set_block_size(64);
+  q->mutable_int8_blockwise()->mutable_scales()->Add(eg->scales.begin(), eg->scales.end());
+  auto d = DecodeBackward(req, Limits{});
+  INFO(d.status().ToString());
+  REQUIRE(d.ok());
+  REQUIRE(d->request.named_grad_outputs.size() == 2);
+  CHECK(d->request.named_grad_outputs[0].name == "pooled");
+  CHECK(d->request.named_grad_outputs[1].name == "output_1");
+  auto got = AsFloats(d->request.named_grad_outputs[1].tensor);
+  for (size_t i = 0; i < g.size(); ++i) CHECK(std::fabs(got[i] - g[i]) <= eg->scales[0] / 2 * (1 + 1e-6f));
+
+  auto unnamed = req;
+  unnamed.mutable_grad_outputs(0)->clear_name();
+  CHECK(DecodeBackward(unnamed, Limits{}).status().code() == StatusCode::kInvalidArgument);
+  auto twice = req;
+  twice.mutable_grad_outputs(1)->set_name("pooled");
+  auto t = DecodeBackward(twice, Limits{});
+  CHECK(t.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(t.status().message(), Catch::Contains("twice"));
+  auto short_bytes = req;
+  short_bytes.mutable_grad_outputs(0)->mutable_data()->pop_back();
+  CHECK(DecodeBackward(short_bytes, Limits{}).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("a training forward takes no past cache") {
+  auto r = Floats({1, 2}, 2);
+  r.set_training_mode(true);
+  REQUIRE(DecodeCompute(r, Limits{}).ok());
+  auto* e = r.add_past_key_values();
+  for (auto* shape : {e->mutable_key_shape(), e->mutable_value_shape()}) {
+    for (int d : {1, 1, 1, 2}) shape->Add(d);
+  }
+  e->set_key_data(std::string(8, '\0'));
+  e->set_value_data(std::string(8, '\0'));
+  auto d = DecodeCompute(r, Limits{});
+  CHECK(d.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(d.status().message(), Catch::Contains("past_key_values"));
+  r.clear_training_mode();
+  CHECK(DecodeCompute(r, Limits{}).ok());
+}

@@ -5,6 +5,7 @@
 // Includes libtorch, as optimize_test does.
 // libtorch first: c10's logging defines a CHECK of its own (fatal on failure, never
 // counted by Catch). It is dropped, so that catch.hpp's CHECK is the one used below.
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/script.h>
 #undef CHECK
 #include "tests/support/catch.h"
@@ -186,4 +187,140 @@ TEST_CASE("training forward, backward and SGD step through every output structur
     REQUIRE(saved.count(name) == 1);
     CheckClose(saved.at(name), want, "parameter " + name + " after the step");
   }
+}
+
+namespace {
+
+std::shared_ptr<Model> LoadTrained(const std::string& path, const std::string& checkpoint, ModelConfig* cfg) {
+  cfg->id = "trunk";
+  cfg->path = path;
+  cfg->training.enabled = true;
+  cfg->training.optimizer = "sgd";
+  cfg->training.learning_rate = kLearningRate;
+  cfg->training.checkpoint_path = checkpoint;
+  auto loaded = MakeTorchScriptLoader()->Load(*cfg);
+  INFO(loaded.status().ToString());
+  REQUIRE(loaded.ok());
+  return *loaded;
+}
+
+}  // namespace
+
+TEST_CASE("pipelined training: several forwards in flight, their backwards in any order") {
+  testing::TempDir dir;
+  const std::string path = dir / "trunk.pt";
+  WriteTrunk(MakeTrunk("tensor"), path, 5);
+  ModelConfig cfg;
+  const auto model = LoadTrained(path, dir / "trunk.ckpt.pt", &cfg);
+
+  constexpr int kInFlight = 3;
+  torch::manual_seed(13);
+  std::vector<at::Tensor> xs, grads;
+  for (int i = 0; i < kInFlight; ++i) {
+    xs.push_back(torch::randn({2, 3, kDim}));
+    grads.push_back(torch::randn({2, 3, kDim}));
+  }
+
+  // The reference: every forward saw the starting weights, so each input gradient is
+  // taken at them, and plain SGD applies the sum of the parameter gradients.
+  torch::jit::Module ref = torch::jit::load(path);
+  for (auto p : ref.parameters()) p.requires_grad_(true);
+  std::vector<at::Tensor> want_grad_input;
+  for (int i = 0; i < kInFlight; ++i) {
+    const at::Tensor x = xs[i].clone().requires_grad_(true);
+    ref.forward({x}).toTensor().backward(grads[i]);
+    want_grad_input.push_back(x.grad());
+  }
+  std::map<std::string, at::Tensor> stepped;
+  for (const auto& p : ref.named_parameters()) stepped[p.name] = (p.value - kLearningRate * p.value.grad()).detach();
+
+  std::vector<std::string> ids;
+  for (int i = 0; i < kInFlight; ++i) {
+    InferenceRequest train;
+    train.inputs.push_back(NamedTensor{"", Host(xs[i])});
+    train.training = true;
+    train.training_config = cfg.training;
+    auto fwd = model->Run({&train})[0];
+    INFO(fwd.status().ToString());
+    REQUIRE(fwd.ok());
+    ids.push_back(fwd->forward_id);
+  }
+  int64_t steps = 0;
+  for (int i : {1, 2, 0}) {
+    INFO("backward of forward " << i);
+    BackwardRequest back;
+    back.forward_id = ids[i];
+    back.grad_output = Host(grads[i]);
+    back.training_config = cfg.training;
+    auto grad = model->Backward(back);
+    INFO(grad.status().ToString());
+    REQUIRE(grad.ok());
+    CHECK(grad->optimizer_steps == ++steps);
+    CheckClose(FromHost(grad->outputs[0].tensor), want_grad_input[i], "input gradient");
+  }
+  REQUIRE(model->SaveCheckpoint(cfg.training.checkpoint_path).ok());
+  const auto saved = Parameters(torch::jit::load(cfg.training.checkpoint_path));
+  for (const auto& [name, want] : stepped) {
+    REQUIRE(saved.count(name) == 1);
+    CheckClose(saved.at(name), want, "parameter " + name + " after three steps");
+  }
+  // Serving between training calls sees the live weights, not a forward's copy.
+  InferenceRequest infer;
+  infer.inputs.push_back(NamedTensor{"", Host(xs[0])});
+  auto served = model->Run({&infer})[0];
+  REQUIRE(served.ok());
+  CheckClose(FromHost(served->outputs[0].tensor), torch::jit::load(cfg.training.checkpoint_path).forward({xs[0]}).toTensor(),
+             "inference after the steps");
+}
+
+TEST_CASE("named gradients: further outputs get theirs, together with the primary one") {
+  testing::TempDir dir;
+  const std::string path = dir / "trunk.pt";
+  WriteTrunk(MakeTrunk("dict"), path, 9);
+  ModelConfig cfg;
+  const auto model = LoadTrained(path, dir / "trunk.ckpt.pt", &cfg);
+
+  torch::manual_seed(17);
+  const at::Tensor x = torch::randn({2, 3, kDim});
+  const at::Tensor grad_hidden = torch::randn({2, 3, kDim});
+  const at::Tensor grad_pooled = torch::randn({2, kDim});
+
+  torch::jit::Module ref = torch::jit::load(path);
+  for (auto p : ref.parameters()) p.requires_grad_(true);
+  const at::Tensor x_ref = x.clone().requires_grad_(true);
+  auto out = ref.forward({x_ref}).toGenericDict();
+  torch::autograd::backward({out.at("last_hidden_state").toTensor(), out.at("pooled").toTensor()},
+                            {grad_hidden, grad_pooled});
+  std::map<std::string, at::Tensor> stepped;
+  for (const auto& p : ref.named_parameters()) stepped[p.name] = (p.value - kLearningRate * p.value.grad()).detach();
+
+  InferenceRequest train;
+  train.inputs.push_back(NamedTensor{"", Host(x)});
+  train.training = true;
+  train.training_config = cfg.training;
+  auto fwd = model->Run({&train})[0];
+  REQUIRE(fwd.ok());
+
+  BackwardRequest back;
+  back.forward_id = fwd->forward_id;
+  back.grad_output = Host(grad_hidden);
+  back.training_config = cfg.training;
+
+  // A name the forward did not answer, or a wrong shape, leaves the graph in place.
+  back.named_grad_outputs = {NamedTensor{"pooler", Host(grad_pooled)}};
+  auto refused = model->Backward(back);
+  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(refused.status().message(), Catch::Contains("pooler"));
+  const at::Tensor wrong = torch::randn({2, kDim + 1});
+  back.named_grad_outputs = {NamedTensor{"pooled", Host(wrong)}};
+  CHECK(model->Backward(back).status().code() == StatusCode::kInvalidArgument);
+
+  back.named_grad_outputs = {NamedTensor{"pooled", Host(grad_pooled)}};
+  auto grad = model->Backward(back);
+  INFO(grad.status().ToString());
+  REQUIRE(grad.ok());
+  CheckClose(FromHost(grad->outputs[0].tensor), x_ref.grad(), "input gradient");
+  REQUIRE(model->SaveCheckpoint(cfg.training.checkpoint_path).ok());
+  const auto saved = Parameters(torch::jit::load(cfg.training.checkpoint_path));
+  for (const auto& [name, want] : stepped) CheckClose(saved.at(name), want, "parameter " + name + " after the step");
 }
