@@ -363,13 +363,40 @@ StatusOr<int64_t> Client::CloseSession(const std::string& model_id, const std::s
 StatusOr<BackwardResult> Client::Backward(const std::string& model_id, const std::string& forward_id,
                                           const Tensor& grad_output, std::optional<float> learning_rate,
                                           const CallOptions& call) {
+  BackwardOptions options;
+  options.learning_rate = learning_rate;
+  return Backward(model_id, forward_id, grad_output, options, call);
+}
+
+StatusOr<BackwardResult> Client::Backward(const std::string& model_id, const std::string& forward_id,
+                                          const Tensor& grad_output, const BackwardOptions& options,
+                                          const CallOptions& call) {
+  if (options.int8_block < 0) return InvalidArgument("int8_block must not be negative");
   pb::BackwardRequest req;
   if (!model_id.empty()) req.set_model_id(model_id);
   req.set_forward_id(forward_id);
-  req.set_grad_output_data(grad_output.data);
+  if (!Int8Encode(grad_output, options.int8_block, req.mutable_grad_output_data(),
+                  req.mutable_grad_output_int8_blockwise())) {
+    req.clear_grad_output_int8_blockwise();
+    req.set_grad_output_data(grad_output.data);
+    if (grad_output.dtype != DType::kFloat32) req.set_dtype(ToProto(grad_output.dtype));
+  }
   if (auto s = ToInt32Shape(grad_output.shape, req.mutable_grad_output_shape()); !s.ok()) return s;
-  if (grad_output.dtype != DType::kFloat32) req.set_dtype(ToProto(grad_output.dtype));
-  if (learning_rate) req.set_learning_rate(*learning_rate);
+  for (const auto& g : options.grad_outputs) {
+    auto* t = req.add_grad_outputs();
+    t->set_name(g.name);
+    if (!Int8Encode(g.tensor, options.int8_block, t->mutable_data(), t->mutable_int8_blockwise())) {
+      t->clear_int8_blockwise();
+      t->set_data(g.tensor.data);
+      t->set_dtype(ToProto(g.tensor.dtype));
+    }
+    t->mutable_shape()->Add(g.tensor.shape.begin(), g.tensor.shape.end());
+  }
+  if (options.int8_block > 0) {
+    req.set_output_encoding(pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+    req.set_output_block_size(options.int8_block);
+  }
+  if (options.learning_rate) req.set_learning_rate(*options.learning_rate);
   pb::BackwardResponse resp;
   Status s = Invoke(call, [&](grpc::ClientContext* ctx) {
     resp.Clear();
@@ -377,7 +404,11 @@ StatusOr<BackwardResult> Client::Backward(const std::string& model_id, const std
   });
   if (!s.ok()) return s;
   BackwardResult r;
-  r.grad_input = MakeTensor(resp.dtype(), resp.grad_input_shape(), resp.mutable_grad_input_data());
+  auto g = AnswerTensor(resp.dtype(), resp.grad_input_shape(), resp.mutable_grad_input_data(),
+                        resp.has_grad_input_int8_blockwise() ? &resp.grad_input_int8_blockwise() : nullptr,
+                        "grad_input");
+  if (!g.ok()) return g.status();
+  r.grad_input = std::move(*g);
   r.forward_id = resp.forward_id();
   r.backward_time_ms = resp.backward_time_ms();
   return r;

@@ -168,6 +168,15 @@ struct SessionInfo {
   double idle_timeout_s = 0;
 };
 
+struct BackwardOptions {
+  std::optional<float> learning_rate;  // unset: the model's configured rate
+  // Gradients of further outputs of the forward, by the names its answer gave them.
+  std::vector<TensorEntry> grad_outputs;
+  // > 0: float32 gradients go int8 blockwise in blocks of this many values, and a
+  // float32 grad_input comes back so (as ComputeOptions::int8_block).
+  int int8_block = 0;
+};
+
 struct BackwardResult {
   Tensor grad_input;
   std::string forward_id;
@@ -202,6 +211,9 @@ class Client {
   // `grad_output`: gradient of the primary output of the training forward `forward_id`.
   StatusOr<BackwardResult> Backward(const std::string& model_id, const std::string& forward_id,
                                     const Tensor& grad_output, std::optional<float> learning_rate = std::nullopt,
+                                    const CallOptions& call = {});
+  StatusOr<BackwardResult> Backward(const std::string& model_id, const std::string& forward_id,
+                                    const Tensor& grad_output, const BackwardOptions& options,
                                     const CallOptions& call = {});
 
   StatusOr<splitlearn::comm::HealthResponse> Health(const CallOptions& call = {});

@@ -30,6 +30,11 @@ class FakeService final : public pb::ComputeService::Service {
   std::atomic<int> failures{0};
   grpc::StatusCode failure_code = grpc::StatusCode::UNAVAILABLE;
 
+  pb::BackwardRequest last_backward() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_backward_;
+  }
+
   pb::ComputeRequest last_request() {
     std::lock_guard<std::mutex> lock(mu_);
     return last_;
@@ -67,7 +72,18 @@ class FakeService final : public pb::ComputeService::Service {
   grpc::Status ComputeBackward(grpc::ServerContext*, const pb::BackwardRequest* req,
                                pb::BackwardResponse* resp) override {
     attempts.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_backward_ = *req;
+    }
     if (req->forward_id() != "fw-1") return {grpc::StatusCode::NOT_FOUND, "unknown forward_id"};
+    if (req->has_grad_output_int8_blockwise() && req->output_encoding() == pb::OUTPUT_ENCODING_INT8_BLOCKWISE) {
+      // Quantised in, quantised out: the codes go back as they came.
+      resp->set_grad_input_data(req->grad_output_data());
+      *resp->mutable_grad_input_int8_blockwise() = req->grad_output_int8_blockwise();
+      resp->mutable_grad_input_shape()->CopyFrom(req->grad_output_shape());
+      return grpc::Status::OK;
+    }
     std::string grad = req->grad_output_data();
     float* v = reinterpret_cast<float*>(grad.data());
     for (size_t i = 0; i < grad.size() / 4; ++i) v[i] *= 2;
@@ -112,6 +128,7 @@ class FakeService final : public pb::ComputeService::Service {
  private:
   std::mutex mu_;
   pb::ComputeRequest last_;
+  pb::BackwardRequest last_backward_;
   std::vector<std::string> authorization_;
 };
 
@@ -299,6 +316,31 @@ TEST_CASE("sessions and backward", "[client]") {
   REQUIRE(grad.ok());
   CHECK(grad->grad_input.ToFloats() == std::vector<float>{2, -6});
   CHECK(grad->forward_id == "fw-1");
+
+  // int8 blockwise both ways, and a named gradient beside the primary one.
+  BackwardOptions bo;
+  bo.int8_block = 2;
+  bo.learning_rate = 0.5f;
+  bo.grad_outputs.push_back(TensorEntry{"pooled", Tensor::FromFloats({2}, {0.25f, 8})});
+  const std::vector<float> g = {0.5f, -1, 4};
+  auto q = client.Backward("m", "fw-1", Tensor::FromFloats({3}, g), bo);
+  INFO(q.status().ToString());
+  REQUIRE(q.ok());
+  const pb::BackwardRequest sent = fake.service.last_backward();
+  REQUIRE(sent.has_grad_output_int8_blockwise());
+  CHECK(sent.grad_output_int8_blockwise().block_size() == 2);
+  CHECK(sent.grad_output_data().size() == 3);
+  CHECK(sent.output_encoding() == pb::OUTPUT_ENCODING_INT8_BLOCKWISE);
+  CHECK(sent.learning_rate() == 0.5f);
+  REQUIRE(sent.grad_outputs_size() == 1);
+  CHECK(sent.grad_outputs(0).name() == "pooled");
+  CHECK(sent.grad_outputs(0).has_int8_blockwise());
+  CHECK(sent.grad_outputs(0).data().size() == 2);
+  const std::vector<float> back = q->grad_input.ToFloats();
+  REQUIRE(back.size() == 3);
+  const float scales[] = {sent.grad_output_int8_blockwise().scales(0), sent.grad_output_int8_blockwise().scales(0),
+                          sent.grad_output_int8_blockwise().scales(1)};
+  for (size_t i = 0; i < 3; ++i) CHECK(std::fabs(back[i] - g[i]) <= scales[i] / 2 * (1 + 1e-6f));
 }
 
 TEST_CASE("UNAVAILABLE and RESOURCE_EXHAUSTED are retried until an attempt succeeds", "[client]") {

@@ -8,7 +8,10 @@
             step = session.compute(hidden_states)
         r = client.compute(x, model_id="trunk", training=True)   # a training forward
         grad_x = client.backward(grad_y, r.forward_id, model_id="trunk").grad_input
-        print(client.stats)                                      # calls, retries, failures, latency
+        print(client.stats)                                      # calls, retries, failures, latency, bytes
+
+SplitTrainer trains a model cut three ways (head and tail here, the trunk on the
+daemon), sequentially or with several micro-batches in flight.
 
 Failures raise SplitlearndError (with .code, a grpc.StatusCode). UNAVAILABLE and
 RESOURCE_EXHAUSTED are retried with exponential backoff and jitter (RetryPolicy).
@@ -16,10 +19,11 @@ RESOURCE_EXHAUSTED are retried with exponential backoff and jitter (RetryPolicy)
 from .client import (RETRYABLE, BackwardResult, Client, ClientStats, ComputeResult, NO_RETRY, RetryPolicy, Session,
                      SplitlearndError)
 from .tensors import decode, dtype_code, encode, torch_dtype
+from .training import SplitTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackwardResult", "Client", "ClientStats", "ComputeResult", "NO_RETRY", "RETRYABLE", "RetryPolicy", "Session",
-    "SplitlearndError", "decode", "dtype_code", "encode", "torch_dtype",
+    "SplitTrainer", "SplitlearndError", "decode", "dtype_code", "encode", "torch_dtype",
 ]

@@ -1,4 +1,5 @@
 """The splitlearnd client: torch tensors in and out over gRPC."""
+import concurrent.futures
 import dataclasses
 import random
 import threading
@@ -56,6 +57,8 @@ class ClientStats:
     retries: int = 0         # attempts beyond the first
     failures: int = 0        # calls that raised SplitlearndError in the end
     latency_sum_s: float = 0.0  # summed wall time of the calls, retries and waits included
+    bytes_sent: int = 0      # serialized request messages, every attempt (gRPC and HTTP/2 framing not counted)
+    bytes_received: int = 0  # serialized answers
 
 
 @dataclasses.dataclass
@@ -165,6 +168,8 @@ class Client:
         self._stats_lock = threading.Lock()
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
+        self._executor = None
+        self._executor_lock = threading.Lock()
 
     # ------------------------------------------------------------ plumbing
 
@@ -189,9 +194,13 @@ class Client:
             while True:
                 attempt += 1
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                with self._stats_lock:
+                    self._stats.bytes_sent += request.ByteSize()
                 try:
                     response = method(request, timeout=left, metadata=self._metadata)
                     failed = False
+                    with self._stats_lock:
+                        self._stats.bytes_received += response.ByteSize()
                     return response
                 except grpc.RpcError as e:
                     error = SplitlearndError(e.code(), e.details() or "", attempt)
@@ -340,21 +349,74 @@ class Client:
         return resp.bytes_released
 
     def backward(self, grad_output: torch.Tensor, forward_id: str, model_id: str = "", *,
-                 learning_rate: Optional[float] = None, timeout: Optional[float] = None,
+                 grad_outputs: Optional[Dict[str, torch.Tensor]] = None, learning_rate: Optional[float] = None,
+                 int8_block: int = 0, timeout: Optional[float] = None,
                  retry: Optional[RetryPolicy] = None) -> BackwardResult:
         """The gradient of the input of training forward `forward_id`, given the gradient
-        of its output. Where the model trains, the daemon also takes an optimizer step."""
-        data, shape, code = tensors.encode(grad_output)
-        req = pb.BackwardRequest(grad_output_data=data, grad_output_shape=shape, forward_id=forward_id)
+        of its output. Where the model trains, the daemon also takes an optimizer step.
+
+        grad_outputs: gradients of further outputs of that forward, by the names its
+        answer gave them (ComputeResult.outputs); they flow back together with
+        grad_output. int8_block > 0: the gradients go int8 blockwise and a float32
+        grad_input comes back so, as in compute()."""
+        if int8_block < 0:
+            raise ValueError("int8_block must not be negative")
+        req = pb.BackwardRequest(forward_id=forward_id)
+        q = self._int8_encode(grad_output, int8_block)
+        if q is not None:
+            req.grad_output_data, shape = q[0], q[1]
+            req.grad_output_int8_blockwise.block_size = int8_block
+            req.grad_output_int8_blockwise.scales.extend(q[2])
+        else:
+            data, shape, code = tensors.encode(grad_output)
+            req.grad_output_data = data
+            if code != tensors.DTYPE_FLOAT32:
+                req.dtype = code
+        req.grad_output_shape.extend(shape)
+        for name, t in (grad_outputs or {}).items():
+            q = self._int8_encode(t, int8_block)
+            if q is not None:
+                entry = req.grad_outputs.add(name=name, data=q[0], shape=q[1])
+                entry.int8_blockwise.block_size = int8_block
+                entry.int8_blockwise.scales.extend(q[2])
+                continue
+            d, s, c = tensors.encode(t)
+            req.grad_outputs.add(name=name, data=d, shape=s, dtype=c)
+        if int8_block:
+            req.output_encoding = pb.OUTPUT_ENCODING_INT8_BLOCKWISE
+            req.output_block_size = int8_block
         if model_id:
             req.model_id = model_id
-        if code != tensors.DTYPE_FLOAT32:
-            req.dtype = code
         if learning_rate is not None:
             req.learning_rate = learning_rate
         resp = self._call("ComputeBackward", req, pb.BackwardResponse, timeout, retry)
-        return BackwardResult(grad_input=tensors.decode(resp.grad_input_data, resp.grad_input_shape, resp.dtype),
-                              forward_id=resp.forward_id, backward_time_ms=resp.backward_time_ms)
+        if resp.HasField("grad_input_int8_blockwise"):
+            q = resp.grad_input_int8_blockwise
+            grad_input = tensors.decode_int8_blockwise(resp.grad_input_data, resp.grad_input_shape, q.scales,
+                                                       q.block_size)
+        else:
+            grad_input = tensors.decode(resp.grad_input_data, resp.grad_input_shape, resp.dtype)
+        return BackwardResult(grad_input=grad_input, forward_id=resp.forward_id,
+                              backward_time_ms=resp.backward_time_ms)
+
+    # ------------------------------------------------------------ calls in the background
+
+    def _submit(self, fn, *args, **kwargs) -> concurrent.futures.Future:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=32,
+                                                                       thread_name_prefix="splitlearnd-client")
+            return self._executor.submit(fn, *args, **kwargs)
+
+    def compute_async(self, x: torch.Tensor, model_id: str = "", **kwargs) -> concurrent.futures.Future:
+        """compute() on a background thread: a Future of its ComputeResult (or its
+        SplitlearndError). Several may be in flight, e.g. training micro-batches."""
+        return self._submit(self.compute, x, model_id, **kwargs)
+
+    def backward_async(self, grad_output: torch.Tensor, forward_id: str, model_id: str = "",
+                       **kwargs) -> concurrent.futures.Future:
+        """backward() on a background thread: a Future of its BackwardResult."""
+        return self._submit(self.backward, grad_output, forward_id, model_id, **kwargs)
 
     def health(self, *, timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None):
         """The legacy HealthCheck: a HealthResponse (status "ok" while serving, "unhealthy" otherwise; the message says which and why)."""
@@ -377,6 +439,10 @@ class Client:
             self._stats = ClientStats()
 
     def close(self):
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
         self.channel.close()
 
     def __enter__(self):

@@ -9,7 +9,8 @@ import unittest
 import grpc
 import torch
 
-from splitlearnd_client import Client, RetryPolicy, SplitlearndError
+from splitlearnd_client import Client, RetryPolicy, SplitlearndError, SplitTrainer
+from splitlearnd_client import tensors
 
 from .torch_test_models import DIM, CacheTrunk, Echo, LinearGelu, TanhLinear, reference, write_model
 
@@ -32,7 +33,32 @@ def make_models(workdir):
         launcher.model_entry("cache", "cache.pt", sessions={"max_sessions": 4, "idle_timeout_s": 60}),
         launcher.model_entry("train", "train.pt", [2, DIM],
                              training={"enabled": True, "optimizer": "sgd", "learning_rate": 0.01}),
+        launcher.model_entry("train8", "train.pt", [2, DIM], training={"enabled": True, "optimizer": "none"}),
+        launcher.model_entry("split1", "train.pt", [2, DIM], training=dict(SPLIT_TRAINING)),
+        # float16 on the wire, float32 inside.
+        launcher.model_entry("split4", "train.pt", [2, DIM], training=dict(SPLIT_TRAINING), compute_dtype="float32"),
     ]
+
+
+SPLIT_TRAINING = {"enabled": True, "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.5}
+
+
+def split_parts(seed):
+    """A head and a tail around the served TanhLinear trunk, and their optimizer."""
+    torch.manual_seed(seed)
+    head, tail = torch.nn.Linear(DIM, DIM), torch.nn.Linear(DIM, 1)
+    optimizer = torch.optim.SGD([*head.parameters(), *tail.parameters()], lr=0.05, momentum=0.5)
+    return head, tail, optimizer
+
+
+def regression_batches(count, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(DIM, 1, generator=g)
+    batches = []
+    for _ in range(count):
+        x = torch.randn(8, DIM, generator=g)
+        batches.append((x, torch.tanh(x @ w)))
+    return batches
 
 
 @unittest.skipUnless(launcher.SPLITLEARND_BIN, NO_DAEMON)
@@ -144,6 +170,79 @@ class ClientAgainstDaemon(launcher.DaemonTestCase):
         with self.assertRaises(SplitlearndError) as caught:
             self.client.backward(grad_y, r.forward_id, model_id="train")
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+
+    def test_backward_int8_blockwise_both_ways(self):
+        model = reference(self.path("train.pt"))
+        x = torch.randn(2, DIM)
+        grad_y = torch.randn(2, DIM) * 3
+        # The daemon differentiates with the gradient as it decodes it.
+        codes, shape, scales = tensors.encode_int8_blockwise(grad_y, 8)
+        sent = tensors.decode_int8_blockwise(codes, shape, scales, 8)
+        x_local = x.clone().requires_grad_(True)
+        model(x_local).backward(sent)
+        want = x_local.grad
+
+        before = self.client.stats
+        r = self.client.compute(x, model_id="train8", training=True)
+        b = self.client.backward(grad_y, r.forward_id, model_id="train8", int8_block=8)
+        sent_bytes = self.client.stats.bytes_sent - before.bytes_sent
+        # Each value within half a quantisation step of its block of 8.
+        step = want.reshape(-1, 8).abs().max(dim=1).values / 127
+        err = (b.grad_input - want).abs().reshape(-1, 8)
+        self.assertTrue(bool((err <= step[:, None] / 2 * (1 + 1e-5) + 1e-7).all()), (err, step))
+        self.assertGreater(sent_bytes, 0)
+
+    def test_split_trainer_sequential_is_local_training(self):
+        """depth=1, float32: the same arithmetic as the whole model trained here."""
+        batches = regression_batches(6, seed=21)
+        head, tail, optimizer = split_parts(5)
+        local_head, local_tail, local_opt = split_parts(5)
+        local_trunk = torch.jit.load(self.path("train.pt"))
+        for p in local_trunk.parameters():
+            p.requires_grad_(True)
+        trunk_opt = torch.optim.SGD(local_trunk.parameters(), lr=SPLIT_TRAINING["learning_rate"],
+                                    momentum=SPLIT_TRAINING["momentum"])
+        local_losses = []
+        for x, y in batches:
+            loss = torch.nn.functional.mse_loss(local_tail(local_trunk(local_head(x))), y)
+            local_opt.zero_grad()
+            trunk_opt.zero_grad()
+            loss.backward()
+            local_opt.step()
+            trunk_opt.step()
+            local_losses.append(float(loss))
+
+        trainer = SplitTrainer(self.client, "split1", head, tail, torch.nn.functional.mse_loss, optimizer)
+        losses = []
+        for x, y in batches:
+            got = trainer.step(x, y)
+            self.assertEqual(len(got), 1)  # sequential: every step finishes before it returns
+            losses += got
+        self.assertEqual(trainer.flush(), [])
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(local_losses), rtol=1e-5, atol=1e-6)
+        for mine, theirs in ((head, local_head), (tail, local_tail)):
+            for p, q in zip(mine.parameters(), theirs.parameters()):
+                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        # The trunk on the daemon took the same steps as the local one.
+        x = batches[0][0]
+        torch.testing.assert_close(self.client.compute(x, model_id="split1").output,
+                                   local_trunk(x).detach(), rtol=1e-5, atol=1e-6)
+
+    def test_split_trainer_pipelined_keeps_micro_batches_in_flight_and_learns(self):
+        batches = regression_batches(40, seed=22)
+        head, tail, optimizer = split_parts(6)
+        trainer = SplitTrainer(self.client, "split4", head, tail, torch.nn.functional.mse_loss, optimizer,
+                               depth=4, wire_dtype=torch.float16)
+        losses, most_in_flight = [], 0
+        for x, y in batches:
+            losses += trainer.step(x, y)
+            most_in_flight = max(most_in_flight, trainer.in_flight)
+        losses += trainer.flush()
+        self.assertEqual(most_in_flight, 3)  # depth - 1 stay in flight between calls
+        self.assertEqual(len(losses), len(batches))
+        self.assertEqual(trainer.steps, len(batches))
+        self.assertEqual(self.client.info().custom_info["model.split4.optimizer_steps"], str(len(batches)))
+        self.assertLess(sum(losses[-5:]) / 5, sum(losses[:5]) / 5 * 0.8)  # it learns
 
     def test_errors_are_not_retried_and_are_counted(self):
         client = Client(self.daemon.address, retry=RetryPolicy(max_attempts=5, initial_backoff_s=0.01))
