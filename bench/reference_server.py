@@ -8,6 +8,10 @@ description for side-by-side benchmarks.
 - the forward runs under torch.no_grad() through loop.run_in_executor on a
   one-thread ThreadPoolExecutor;
 - no batching: one request, one forward;
+- training as the protocol defines it (the replaced server's backward returned the
+  incoming gradient; this one runs autograd, so that training steps compare fairly):
+  a training_mode forward keeps its graph under a forward_id, ComputeBackward runs it
+  backward and takes a plain SGD step (--learning-rate), in the same executor;
 - libtorch's thread settings left as torch sets them (intra-op threads = cores, and
   OpenBLAS's own pool beside it), as the replaced server ran; --threads N sets
   torch.set_num_threads(N) for a tuned variant.
@@ -32,6 +36,7 @@ def main():
     ap.add_argument("--listen", default="127.0.0.1:0")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch.set_num_threads (intra-op); 0 leaves torch's defaults, as the replaced server did")
+    ap.add_argument("--learning-rate", type=float, default=1e-4, help="SGD step of ComputeBackward")
     args = ap.parse_args()
 
     sys.path.insert(0, args.stubs)
@@ -62,11 +67,34 @@ def main():
     started = time.time()
     counters = {"total": 0}
 
-    def forward(model, x):
+    def primary(y):
+        return y[0] if isinstance(y, (tuple, list)) else y
+
+    graphs = {}
+
+    def forward(model, x, forward_id=None):
         t0 = time.perf_counter()
-        with torch.no_grad():
-            y = model(x)
+        if forward_id is None:
+            with torch.no_grad():
+                y = primary(model(x))
+        else:
+            x = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                y = primary(model(x))
+            graphs[forward_id] = (model, x, y)
+            y = y.detach()
         return y, (time.perf_counter() - t0) * 1e3
+
+    def backward(forward_id, grad):
+        t0 = time.perf_counter()
+        model, x, y = graphs.pop(forward_id)
+        y.backward(grad)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= args.learning_rate * p.grad
+                    p.grad = None
+        return x.grad, (time.perf_counter() - t0) * 1e3
 
     class Servicer(pb_grpc.ComputeServiceServicer):
         async def Compute(self, request, context):
@@ -78,15 +106,34 @@ def main():
                 arr = np.frombuffer(request.data, dtype=np.float32).reshape(tuple(request.shape))
                 x = torch.from_numpy(arr)
                 loop = asyncio.get_running_loop()
-                y, ms = await loop.run_in_executor(executor, forward, model, x)
+                forward_id = None
+                if request.training_mode:
+                    counters["forwards"] = counters.get("forwards", 0) + 1
+                    forward_id = request.forward_id or f"ref-{counters['forwards']}"
+                y, ms = await loop.run_in_executor(executor, forward, model, x, forward_id)
                 out = y.contiguous().numpy()
             except Exception as e:  # the old server answered every failure with INTERNAL
                 await context.abort(grpc.StatusCode.INTERNAL, str(e))
             resp = pb.ComputeResponse(data=out.tobytes(), shape=list(out.shape),
                                       compute_time_ms=ms)
+            if forward_id:
+                resp.forward_id = forward_id
             if request.HasField("request_id"):
                 resp.request_id = request.request_id
             return resp
+
+        async def ComputeBackward(self, request, context):
+            if request.forward_id not in graphs:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown forward_id {request.forward_id}")
+            try:
+                arr = np.frombuffer(request.grad_output_data, dtype=np.float32).reshape(tuple(request.grad_output_shape))
+                loop = asyncio.get_running_loop()
+                g, ms = await loop.run_in_executor(executor, backward, request.forward_id, torch.from_numpy(arr))
+                out = g.contiguous().numpy()
+            except Exception as e:
+                await context.abort(grpc.StatusCode.INTERNAL, str(e))
+            return pb.BackwardResponse(grad_input_data=out.tobytes(), grad_input_shape=list(out.shape),
+                                       forward_id=request.forward_id, backward_time_ms=ms)
 
         async def HealthCheck(self, request, context):
             return pb.HealthResponse(status="healthy", message="reference", version="ref",

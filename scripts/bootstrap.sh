@@ -26,6 +26,7 @@ packages=(
   libyaml-cpp-dev libspdlog-dev libcli11-dev catch2 libsystemd-dev prometheus-cpp-dev zlib1g-dev
   python3-torch python3-grpcio python3-protobuf python3-numpy python3-yaml python3-setuptools
   systemd clang gnuplot-nox curl openssl
+  dataset-fashion-mnist
 )
 missing=()
 for p in "${packages[@]}"; do
