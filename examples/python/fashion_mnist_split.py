@@ -15,6 +15,7 @@ int8 blockwise. The data is Debian's `dataset-fashion-mnist` package (70,000 lab
     python3 fashion_mnist_split.py export --out /tmp/fmnist       # trunk.pt + splitlearnd.yaml
     splitlearnd --config /tmp/fmnist/splitlearnd.yaml &
     python3 fashion_mnist_split.py compare --target 127.0.0.1:50061 --json /tmp/fmnist/results.json
+    python3 fashion_mnist_split.py plot --json /tmp/fmnist/results.json --out loss.png
 
 `compare` runs the local baseline and the three encodings (2 epochs, batch 64 by
 default) and prints test accuracy, bytes on the wire per step and time; `train` runs one
@@ -211,12 +212,40 @@ def summary(results: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: List[Dict], png: str, window: int = 50):
+    """The loss curves (a moving average over `window` steps) as a PNG, with gnuplot."""
+    import shutil
+    import subprocess
+    import tempfile
+    if not shutil.which("gnuplot"):
+        raise SystemExit("plot: gnuplot is not installed (Debian: gnuplot-nox)")
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = []
+        for i, r in enumerate(results):
+            losses = torch.tensor(r["losses"])
+            smooth = losses.unfold(0, window, 1).mean(1) if len(losses) >= window else losses
+            data = os.path.join(tmp, f"{i}.dat")
+            with open(data, "w") as f:
+                f.writelines(f"{step + window} {v:.5f}\n" for step, v in enumerate(smooth.tolist()))
+            name = "local" if r["encoding"] == "local" else f"split, {r['encoding']}"
+            lines.append(f'"{data}" using 1:2 with lines lw 2 title "{name} ({r["accuracy"]:.2f} %)"')
+        script = "\n".join([
+            'set terminal pngcairo size 900,520 font "DejaVu Sans,11"', f'set output "{png}"',
+            f'set title "Fashion-MNIST CNN, training loss (moving average of {window} steps), test accuracy in brackets"',
+            'set xlabel "step (batch 64)"', 'set ylabel "cross-entropy"', 'set grid', 'set key top right',
+            "plot " + ", ".join(lines)])
+        subprocess.run(["gnuplot"], input=script, text=True, check=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write trunk.pt and splitlearnd.yaml")
     e.add_argument("--out", required=True)
     e.add_argument("--listen", default=LISTEN)
+    pl = sub.add_parser("plot", help="the loss curves of a --json file as a PNG (gnuplot)")
+    pl.add_argument("--json", required=True)
+    pl.add_argument("--out", required=True)
     for name in ("train", "compare"):
         s = sub.add_parser(name)
         s.add_argument("--target", default=LISTEN)
@@ -232,6 +261,10 @@ def main():
     args = p.parse_args()
     if args.command == "export":
         print(export(args.out, listen=args.listen))
+        return
+    if args.command == "plot":
+        with open(args.json) as f:
+            plot(json.load(f), args.out)
         return
     torch.set_num_threads(args.threads)
     train = load(args.data, "train", args.limit or None)
