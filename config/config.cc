@@ -323,8 +323,8 @@ class Parser {
         if (v["idle_timeout_s"]) m.sessions.idle_timeout_s = Seconds(v["idle_timeout_s"], key + ".idle_timeout_s", true);
         if (v["max_bytes"]) m.sessions.max_bytes = Int(v["max_bytes"], key + ".max_bytes", 0, 1LL << 50);
       } else if (field == "training") {
-        ExpectMap(v, key, {"enabled", "optimizer", "learning_rate", "momentum", "checkpoint_path", "max_graphs",
-                           "max_graph_bytes", "graph_ttl_s"});
+        ExpectMap(v, key, {"enabled", "optimizer", "learning_rate", "max_learning_rate", "momentum",
+                           "checkpoint_path", "max_graphs", "max_graph_bytes", "graph_ttl_s"});
         auto& t = m.training;
         if (v["enabled"]) t.enabled = Bool(v["enabled"], key + ".enabled");
         if (v["optimizer"]) {
@@ -339,6 +339,16 @@ class Parser {
           if (t.learning_rate < 0 || t.learning_rate > 1e6) {
             Fail(v["learning_rate"], key + ".learning_rate", "must be between 0 and 1000000");
           }
+        }
+        if (v["max_learning_rate"]) {
+          t.max_learning_rate = Double(v["max_learning_rate"], key + ".max_learning_rate");
+          if (t.max_learning_rate < 0 || t.max_learning_rate > 1e6) {
+            Fail(v["max_learning_rate"], key + ".max_learning_rate", "must be between 0 and 1000000");
+          }
+        }
+        if (t.learning_rate > t.max_learning_rate) {
+          Fail(v["learning_rate"] ? v["learning_rate"] : v, key + ".learning_rate",
+               "is above training.max_learning_rate");
         }
         if (v["momentum"]) {
           t.momentum = Double(v["momentum"], key + ".momentum");
@@ -482,6 +492,7 @@ ModelChange CompareModels(const ModelConfig& a, const ModelConfig& b) {
       {a.training.optimizer == b.training.optimizer, kNewLoad},
       {a.training.learning_rate == b.training.learning_rate, kNewLoad},
       {a.training.momentum == b.training.momentum, kNewLoad},
+      {a.training.max_learning_rate == b.training.max_learning_rate, kInPlace},
       {a.training.checkpoint_path == b.training.checkpoint_path, kNewLoad},
       {a.training.max_graphs == b.training.max_graphs, kInPlace},
       {a.training.max_graph_bytes == b.training.max_graph_bytes, kInPlace},

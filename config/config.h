@@ -103,6 +103,9 @@ struct TrainingConfig {
   std::string optimizer = "sgd";  // sgd, adam, or none (input gradients only)
   double learning_rate = 1e-4;
   double momentum = 0;            // sgd only
+  // A backward's own learning_rate above it is INVALID_ARGUMENT: one client cannot
+  // wreck parameters others share.
+  double max_learning_rate = 1.0;
   std::string checkpoint_path;    // empty: no checkpoints; relative: to model_root
   int max_graphs = 64;            // training forwards kept for their backward
   int64_t max_graph_bytes = 1LL << 30;

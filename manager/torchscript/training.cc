@@ -155,7 +155,27 @@ void Training::Keep(const std::string& id, Graph graph, const TrainingConfig& co
   UpdateStatsLocked();
 }
 
+// A gradient holding NaN or infinity would poison the shared parameters at the step.
+Status Training::CheckFinite(const BackwardRequest& request) const {
+  auto finite = [](const HostTensor& h) {
+    const at::Tensor t = ToTensor(h, at::kCPU);
+    return !at::isFloatingType(t.scalar_type()) || at::isfinite(t).all().item<bool>();
+  };
+  if (!finite(request.grad_output)) return InvalidArgument("grad_output holds NaN or infinity");
+  for (const auto& g : request.named_grad_outputs) {
+    if (!finite(g.tensor)) return InvalidArgument("grad_output '" + g.name + "' holds NaN or infinity");
+  }
+  return Status::Ok();
+}
+
 StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
+  if (request.learning_rate && *request.learning_rate > request.training_config.max_learning_rate) {
+    std::ostringstream os;
+    os << "learning_rate " << *request.learning_rate << " is above model '" << model_id_
+       << "''s training.max_learning_rate " << request.training_config.max_learning_rate;
+    return InvalidArgument(os.str());
+  }
+  if (auto s = CheckFinite(request); !s.ok()) return s;
   Graph graph;
   {
     std::lock_guard<std::mutex> lock(mu_);

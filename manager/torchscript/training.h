@@ -53,7 +53,9 @@ class Training {
   // and is counted in training_graph_bytes.
   StatusOr<InferenceResult> Forward(const InferenceRequest& request, const ForwardFn& forward);
   // The input gradients of a kept forward (which is then gone), and an optimizer step
-  // every request.accumulation_steps backwards.
+  // every request.accumulation_steps backwards. A learning rate above the config's
+  // max_learning_rate, or a gradient holding NaN or infinity, is INVALID_ARGUMENT and
+  // changes nothing (the graph stays for a corrected retry).
   StatusOr<InferenceResult> Backward(const BackwardRequest& request);
   // Drops graphs older than config.graph_ttl_s.
   void Expire(const TrainingConfig& config);
@@ -82,6 +84,7 @@ class Training {
   StatusOr<InferenceResult> Gradients(const Graph& graph, const BackwardRequest& request);  // mu_ not held
   void Step(const BackwardRequest& request);  // takes mu_
   Status SaveLocked(const std::string& path);  // mu_ held
+  Status CheckFinite(const BackwardRequest& request) const;
   void UpdateStatsLocked();  // mu_ held
 
   const std::string model_id_;

@@ -174,6 +174,10 @@ TEST_CASE("numbers that would fail later or mean nothing are refused when the co
       {"models:\n  - {id: a, path: m.pt, training: {enabled: true, learning_rate: .nan}}\n", "learning_rate",
        "finite"},
       {"models:\n  - {id: a, path: m.pt, training: {enabled: true, momentum: -1}}\n", "momentum", "between"},
+      {"models:\n  - {id: a, path: m.pt, training: {enabled: true, max_learning_rate: -1}}\n", "max_learning_rate",
+       "between"},
+      {"models:\n  - {id: a, path: m.pt, training: {enabled: true, learning_rate: 2}}\n", "learning_rate",
+       "max_learning_rate"},
       {"models:\n  - {id: a, path: m.pt, compute_dtype: int64}\n", "compute_dtype", "floating"},
       {"models:\n  - {id: a, path: m.pt, compute_dtype: bool}\n", "compute_dtype", "floating"},
   };
@@ -417,6 +421,7 @@ TEST_CASE("CompareModels knows every ModelConfig field: a change of any one is s
       {"training.optimizer", kNew, [](ModelConfig& m) { m.training.optimizer = "adam"; }},
       {"training.learning_rate", kNew, [](ModelConfig& m) { m.training.learning_rate = 0.5; }},
       {"training.momentum", kNew, [](ModelConfig& m) { m.training.momentum = 0.9; }},
+      {"training.max_learning_rate", kInPlace, [](ModelConfig& m) { m.training.max_learning_rate = 0.5; }},
       {"training.checkpoint_path", kNew, [](ModelConfig& m) { m.training.checkpoint_path = "/c.pt"; }},
       {"training.max_graphs", kInPlace, [](ModelConfig& m) { m.training.max_graphs = 1; }},
       {"training.max_graph_bytes", kInPlace, [](ModelConfig& m) { m.training.max_graph_bytes = 1; }},

@@ -11,6 +11,7 @@
 #include "tests/support/catch.h"
 
 #include <cstring>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -323,4 +324,61 @@ TEST_CASE("named gradients: further outputs get theirs, together with the primar
   REQUIRE(model->SaveCheckpoint(cfg.training.checkpoint_path).ok());
   const auto saved = Parameters(torch::jit::load(cfg.training.checkpoint_path));
   for (const auto& [name, want] : stepped) CheckClose(saved.at(name), want, "parameter " + name + " after the step");
+}
+
+TEST_CASE("training guards: a NaN or infinite gradient, or a learning rate over the cap, changes nothing") {
+  testing::TempDir dir;
+  const std::string path = dir / "trunk.pt";
+  WriteTrunk(MakeTrunk("dict"), path, 3);
+  ModelConfig cfg;
+  const auto model = LoadTrained(path, dir / "trunk.ckpt.pt", &cfg);
+  cfg.training.max_learning_rate = 0.5;
+  const auto before = Parameters(torch::jit::load(path));
+
+  torch::manual_seed(19);
+  const at::Tensor x = torch::randn({2, 3, kDim});
+  InferenceRequest train;
+  train.inputs.push_back(NamedTensor{"", Host(x)});
+  train.training = true;
+  train.training_config = cfg.training;
+  auto fwd = model->Run({&train})[0];
+  REQUIRE(fwd.ok());
+
+  const at::Tensor good = torch::randn({2, 3, kDim});
+  const at::Tensor good_pooled = torch::randn({2, kDim});
+  at::Tensor nan = good.clone();
+  nan[0][1][2] = std::numeric_limits<float>::quiet_NaN();
+  at::Tensor inf = good_pooled.clone();
+  inf[1][0] = std::numeric_limits<float>::infinity();
+  BackwardRequest back;
+  back.forward_id = fwd->forward_id;
+  back.training_config = cfg.training;
+
+  back.grad_output = Host(nan);
+  auto refused = model->Backward(back);
+  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(refused.status().message(), Catch::Contains("NaN or infinity"));
+
+  back.grad_output = Host(good);
+  back.named_grad_outputs = {NamedTensor{"pooled", Host(inf)}};
+  refused = model->Backward(back);
+  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(refused.status().message(), Catch::Contains("pooled"));
+
+  back.named_grad_outputs.clear();
+  back.learning_rate = 0.75;
+  refused = model->Backward(back);
+  CHECK(refused.status().code() == StatusCode::kInvalidArgument);
+  CHECK_THAT(refused.status().message(), Catch::Contains("max_learning_rate"));
+
+  // Nothing stepped, and the graph is still there for a corrected call.
+  REQUIRE(model->SaveCheckpoint(cfg.training.checkpoint_path).ok());
+  for (const auto& [name, want] : before) {
+    CHECK(torch::equal(Parameters(torch::jit::load(cfg.training.checkpoint_path)).at(name), want));
+  }
+  back.learning_rate = 0.5;
+  auto grad = model->Backward(back);
+  INFO(grad.status().ToString());
+  REQUIRE(grad.ok());
+  CHECK(grad->optimizer_steps == 1);
 }
