@@ -67,11 +67,12 @@ FileFingerprint ConfigReloader::read_fingerprint() const {
 }
 
 std::string ConfigReloader::Summary(const ModelManager& manager) {
-  int ready = 0, failed = 0, loading = 0, unloaded = 0;
+  int ready = 0, loading = 0, unloaded = 0;
+  std::vector<std::string> failed;
   for (const auto& m : manager.ListModels()) {
     switch (m.state) {
       case ModelState::kReady: ++ready; break;
-      case ModelState::kFailed: ++failed; break;
+      case ModelState::kFailed: failed.push_back(m.id); break;
       case ModelState::kLoading: ++loading; break;
       case ModelState::kUnloaded: ++unloaded; break;
       case ModelState::kUnloading: break;
@@ -79,7 +80,8 @@ std::string ConfigReloader::Summary(const ModelManager& manager) {
   }
   std::string s = std::to_string(ready) + " model(s) ready";
   if (loading) s += ", " + std::to_string(loading) + " loading";
-  if (failed) s += ", " + std::to_string(failed) + " failed";
+  // Named, so that `systemctl status` says which model to look at.
+  if (!failed.empty()) s += ", " + std::to_string(failed.size()) + " failed (" + Join(failed, ", ") + ")";
   if (unloaded) s += ", " + std::to_string(unloaded) + " unloaded";
   return s;
 }

@@ -73,7 +73,7 @@ class ConfigReloader {
   // Of the config file as the last reload (or startup) read it.
   FileFingerprint read_fingerprint() const;
 
-  // "3 model(s) ready, 1 failed" — for STATUS lines and logs.
+  // "3 model(s) ready, 1 failed (x)" — for STATUS lines and logs.
   static std::string Summary(const ModelManager& manager);
 
  private:
