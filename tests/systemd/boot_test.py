@@ -27,7 +27,7 @@ import argparse
 import json
 import os
 import re
-import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -542,6 +542,8 @@ def main():
     repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     build = os.path.abspath(args.build)
     label = args.label or os.path.basename(args.root)
+    # A CI timeout's SIGTERM must still power the container off and unmount (finally: below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     container = Container(args.root, repo, build, args.log or os.path.join(build, "systemd-boot.log"))
     t0 = time.monotonic()
     try:
