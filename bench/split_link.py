@@ -185,7 +185,7 @@ def plot(rows, rates, folder):
         script = "\n".join([
             'set terminal pngcairo size 900,480 font "DejaVu Sans,10"', f'set output "{png}"',
             'set style data histogram', 'set style histogram cluster gap 1', 'set style fill solid 0.8 border -1',
-            'set ylabel "training steps/s"', 'set xtics rotate by -30', 'set grid ytics', 'set key top left',
+            'set ylabel "training steps/s"', 'set yrange [0:*]', 'set xtics rotate by -30', 'set grid ytics', 'set key top left',
             f'set title "{kind.upper()} trunk on a shaped link: steps/s by encoding and micro-batches in flight"',
             f'plot "{data}" using 2:xtic(1) title "depth 1", "" using 3 title "depth 2", "" using 4 title "depth 4"'])
         subprocess.run(["gnuplot"], input=script, text=True, check=True)
