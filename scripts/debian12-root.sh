@@ -24,53 +24,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# The host's Debian archive: the first URI of a deb822 or one-line source whose path ends
-# in /debian (not -security, not a third-party repository).
-host_mirror() {
-  local f line
-  for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -r "$f" ] || continue
-    while read -r line; do
-      case "$line" in
-        URIs:*) set -- ${line#URIs:} ;;
-        deb\ *) set -- $(echo "$line" | sed 's/^deb \(\[[^]]*\] \)\?//') ;;
-        *) continue ;;
-      esac
-      for uri in "$@"; do
-        case "$uri" in */debian|*/debian/) echo "${uri%/}"; return 0 ;; esac
-      done
-    done < "$f"
-  done
-  return 1
-}
-
-if [ ! -e "$root/.splitlearnd-root" ]; then
-  command -v debootstrap >/dev/null || {
-    echo "== installing debootstrap"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
-  }
-  mirror=${MIRROR:-$(host_mirror || true)}
-  if [ -z "$mirror" ]; then
-    echo "$0: no Debian archive found in the host's apt sources; set MIRROR" >&2
-    exit 2
-  fi
-  echo "== making the Debian 12 root in $root (debootstrap $suite)"
-  rm -rf "$root.partial"
-  mkdir -p "$(dirname "$root")"
-  debootstrap --variant=minbase "$suite" "$root.partial" "$mirror" >"$root.partial.log" 2>&1 || {
-    tail -20 "$root.partial.log" >&2
-    echo "$0: debootstrap failed (whole log: $root.partial.log)" >&2
-    exit 1
-  }
-  # Package scripts must not start services while the root is not booted.
-  printf '#!/bin/sh\nexit 101\n' > "$root.partial/usr/sbin/policy-rc.d"
-  chmod 755 "$root.partial/usr/sbin/policy-rc.d"
-  rm -rf "$root"
-  mv "$root.partial" "$root"
-  rm -f "$root.partial.log"
-  touch "$root/.splitlearnd-root"
-fi
+. "$repo/scripts/debian-root.sh"
+make_root "$root" "$suite"
 
 # The packages that own the libraries the binaries load (ldd: the whole closure).
 for bin in daemon/splitlearnd client/splitlearnctl; do

@@ -31,55 +31,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# The host's Debian archive: the first URI of a deb822 or one-line source whose path ends
-# in /debian (not -security, not a third-party repository).
-host_mirror() {
-  local f line
-  for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -r "$f" ] || continue
-    while read -r line; do
-      case "$line" in
-        URIs:*) set -- ${line#URIs:} ;;
-        deb\ *) set -- $(echo "$line" | sed 's/^deb \(\[[^]]*\] \)\?//') ;;
-        *) continue ;;
-      esac
-      for uri in "$@"; do
-        case "$uri" in */debian|*/debian/) echo "${uri%/}"; return 0 ;; esac
-      done
-    done < "$f"
-  done
-  return 1
-}
-
-if [ ! -e "$root/.splitlearnd-root" ]; then
-  command -v debootstrap >/dev/null || {
-    echo "== installing debootstrap"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
-  }
-  mirror=${MIRROR:-$(host_mirror || true)}
-  if [ -z "$mirror" ]; then
-    echo "$0: no Debian archive found in the host's apt sources; set MIRROR" >&2
-    exit 2
-  fi
-  # Debian 12's debootstrap may lack trixie's keyring; the archive keyring package has it.
-  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  echo "== making the Debian 13 root in $root (debootstrap $suite, a few minutes)"
-  rm -rf "$root.partial"
-  mkdir -p "$(dirname "$root")"
-  debootstrap --variant=minbase --keyring="$keyring" "$suite" "$root.partial" "$mirror" >"$root.partial.log" 2>&1 || {
-    tail -20 "$root.partial.log" >&2
-    echo "$0: debootstrap failed (whole log: $root.partial.log)" >&2
-    exit 1
-  }
-  # Package scripts must not start services inside the root.
-  printf '#!/bin/sh\nexit 101\n' > "$root.partial/usr/sbin/policy-rc.d"
-  chmod 755 "$root.partial/usr/sbin/policy-rc.d"
-  rm -rf "$root"
-  mv "$root.partial" "$root"
-  rm -f "$root.partial.log"
-  touch "$root/.splitlearnd-root"
-fi
+. "$repo/scripts/debian-root.sh"
+# Debian 12's debootstrap may lack trixie's keyring; the archive keyring package has it.
+make_root "$root" "$suite" --keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 
 case "$mode" in
