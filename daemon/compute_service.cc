@@ -275,6 +275,10 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::CloseSession(grpc::CallbackServerC
   if (!call->Enter()) return call;
   auto route = call->Lookup(req->model_id());
   if (!route) return call;
+  if (req->session_id().size() > limits_.max_id_bytes) {  // as OpenSession: never copied onto the queue
+    call->Done(InvalidArgument("session_id is too long"), nullptr);
+    return call;
+  }
   auto job = std::make_unique<Job>();
   job->custom = [id = req->session_id()](const Model& m) -> StatusOr<InferenceResult> {
     auto bytes = m.CloseSession(id);

@@ -144,6 +144,10 @@ class HostileRequests(DaemonTestCase):
         self.assertNoRuns([fx.float_request([1, 4], session_id="s" * (MAX_ID + 1))], "session_id too long")
         open_code = fx.code_of(self.stub.OpenSession, pb.OpenSessionRequest(session_id="s" * (MAX_ID + 1)))
         self.assertEqual(open_code, INVALID, "OpenSession with a 257-byte session id")
+        close_code = fx.code_of(self.stub.CloseSession, pb.CloseSessionRequest(session_id="s" * (MAX_ID + 1)))
+        self.assertEqual(close_code, INVALID, "CloseSession with a 257-byte session id")
+        close_code = fx.code_of(self.stub.CloseSession, pb.CloseSessionRequest(session_id="s" * MAX_ID))
+        self.assertEqual(close_code, grpc.StatusCode.NOT_FOUND, "CloseSession of an unknown 256-byte session id")
 
     def test_forward_id_length(self):
         self.assertCode(OK, fx.float_request([1, 4], forward_id="f" * MAX_ID), "256-byte forward id")
