@@ -298,9 +298,14 @@ class Parser {
           }
         }
       } else if (field == "batching") {
-        ExpectMap(v, key, {"max_batch_size", "max_delay_us"});
+        ExpectMap(v, key, {"max_batch_size", "max_delay_us", "wait"});
         if (v["max_batch_size"]) m.batching.max_batch_size = static_cast<int>(Int(v["max_batch_size"], key + ".max_batch_size", 1, 4096));
         if (v["max_delay_us"]) m.batching.max_delay_us = Int(v["max_delay_us"], key + ".max_delay_us", 0, 10'000'000);
+        if (v["wait"]) {
+          const std::string wait = String(v["wait"], key + ".wait");
+          if (wait != "adaptive" && wait != "fixed") Fail(v["wait"], key + ".wait", "must be adaptive or fixed");
+          m.batching.fixed_wait = wait == "fixed";
+        }
       } else if (field == "timeout_ms") {
         m.timeout_ms = Int(v, key, 0, 3'600'000);
       } else if (field == "blas_threads") {
@@ -480,6 +485,7 @@ ModelChange CompareModels(const ModelConfig& a, const ModelConfig& b) {
       {a.warmup.runs == b.warmup.runs, kNewLoad},
       {a.batching.max_batch_size == b.batching.max_batch_size, kInPlace},
       {a.batching.max_delay_us == b.batching.max_delay_us, kInPlace},
+      {a.batching.fixed_wait == b.batching.fixed_wait, kInPlace},
       {a.timeout_ms == b.timeout_ms, kInPlace},
       {a.blas_threads == b.blas_threads, kNewLoad},
       {a.optimize == b.optimize, kNewLoad},

@@ -88,6 +88,11 @@ struct WarmupConfig {
 struct BatchingConfig {
   int max_batch_size = 1;  // 1: batching off
   int64_t max_delay_us = 0;
+  // false (wait: adaptive): the device worker waits for more requests only while the
+  // model's recent traffic says they are about to come, at most max_delay_us per batch.
+  // true (wait: fixed): it waits for a full batch until max_delay_us after the first
+  // request arrived.
+  bool fixed_wait = false;
 };
 
 // Server-side KV-cache sessions of one model.

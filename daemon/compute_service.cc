@@ -201,6 +201,7 @@ grpc::ServerUnaryReactor* ComputeServiceImpl::Compute(grpc::CallbackServerContex
   job->rows = decoded->rows;
   job->max_batch_size = route->config.batching.max_batch_size;
   job->max_delay_us = route->config.batching.max_delay_us;
+  job->fixed_wait = route->config.batching.fixed_wait;
   call->Enqueue(*route, std::move(job), [req, resp, codec = decoded->codec](const InferenceResult& r, const JobTiming& t) {
     return FillCompute(req, resp, r, t, codec);
   });

@@ -36,6 +36,9 @@ Status DeviceQueue::TryEnqueue(std::unique_ptr<Job>& job) {
       return ResourceExhausted("queue of device " + device_ + " is full (" + std::to_string(capacity_) + " requests)");
     }
     job->enqueued = SteadyClock::now();
+    if (job->batch_key != 0 && job->max_batch_size > 1 && !job->internal) {
+      batch_policy_.Arrived(job->model.get(), job->batch_key, job->rows, job->enqueued);
+    }
     jobs_.push_back(std::move(job));
     queued_.store(jobs_.size(), std::memory_order_release);
   }
@@ -118,7 +121,8 @@ std::vector<std::unique_ptr<Job>> DeviceQueue::NextBatch(std::unique_lock<std::m
     }
   };
   gather();
-  if (head.max_delay_us > 0 && rows < head.max_batch_size) {
+  if (head.max_delay_us <= 0 || rows >= head.max_batch_size) return batch;
+  if (head.fixed_wait) {
     const auto until = std::min(head.enqueued + std::chrono::microseconds(head.max_delay_us), head.deadline);
     while (rows < head.max_batch_size && !stopping_) {
       if (cv_.wait_until(lock, until) == std::cv_status::timeout) {
@@ -127,6 +131,19 @@ std::vector<std::unique_ptr<Job>> DeviceQueue::NextBatch(std::unique_lock<std::m
       }
       gather();
     }
+    return batch;
+  }
+  // Adaptive: wait only while the policy expects company soon enough to pay, asking
+  // again after every arrival; never longer than max_delay_us from now.
+  auto now = SteadyClock::now();
+  batch_policy_.Took(head.model, head.batch_key, rows, head.max_batch_size, now);
+  const auto bound = std::min(now + std::chrono::microseconds(head.max_delay_us), head.deadline);
+  while (rows < head.max_batch_size && !stopping_) {
+    const auto until = batch_policy_.WaitUntil(rows, now, bound);
+    if (until <= now) break;
+    cv_.wait_until(lock, until);
+    gather();
+    now = SteadyClock::now();
   }
   return batch;
 }
@@ -155,6 +172,15 @@ void DeviceQueue::RunBatch(std::vector<std::unique_ptr<Job>>& batch) {
   }
   const auto finished = SteadyClock::now();
   const int n = static_cast<int>(batch.size());
+  const Job& head = *batch.front();
+  if (!head.custom && head.batch_key != 0 && head.max_batch_size > 1) {
+    // Before any answer goes out: a client's next request must not look like company
+    // that arrived during this batch.
+    int64_t rows = 0;
+    for (const auto& j : batch) rows += j->rows;
+    std::lock_guard<std::mutex> lock(mu_);
+    batch_policy_.Ran(head.model, rows, finished - started);
+  }
   if (!batch.front()->internal) {
     jobs_run_.fetch_add(n, std::memory_order_relaxed);
     batches_run_.fetch_add(1, std::memory_order_relaxed);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "manager/batch_policy.h"
 #include "manager/model.h"
 
 namespace splitlearnd {
@@ -41,7 +42,12 @@ struct Job {
   uint64_t batch_key = 0;
   int64_t rows = 1;  // size of dim 0 of every input
   int max_batch_size = 1;
+  // The most the worker holds this job's batch waiting for more jobs (0: it merges only
+  // jobs already queued). By default the worker waits only while the model's recent
+  // traffic says more are about to arrive (BatchPolicy); with fixed_wait it waits for a
+  // full batch until max_delay_us after this job arrived.
   int64_t max_delay_us = 0;
+  bool fixed_wait = false;
 
   SteadyClock::time_point deadline = SteadyClock::time_point::max();
   std::shared_ptr<const std::atomic<bool>> cancelled;  // may be null
@@ -106,7 +112,7 @@ class DeviceQueue {
   void RepinIfChanged(std::unique_lock<std::mutex>& lock);
   // Polls queued_ for up to idle_spin_us_ with the lock released; returns with it held.
   void SpinForWork(std::unique_lock<std::mutex>& lock);
-  // Takes the next batch off the queue (lock held); may wait for max_delay_us.
+  // Takes the next batch off the queue (lock held); may wait up to max_delay_us.
   std::vector<std::unique_ptr<Job>> NextBatch(std::unique_lock<std::mutex>& lock);
   // Finishes jobs that should not run (lock not held).
   bool DropIfDead(std::unique_ptr<Job>& job, SteadyClock::time_point now);
@@ -120,6 +126,7 @@ class DeviceQueue {
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Job>> jobs_;
   bool stopping_ = false;
+  BatchPolicy batch_policy_;  // guarded by mu_
 
   std::vector<int> cpus_;     // guarded by mu_
   bool cpus_changed_ = false;  // guarded by mu_; the worker re-pins itself when set

@@ -69,7 +69,7 @@ models:
     path: m.pt
     device: "cuda:1"
     optimize: true
-  - {id: c, path: m.pt, optimize: true, prepack_linear: true}
+  - {id: c, path: m.pt, optimize: true, prepack_linear: true, batching: {max_batch_size: 4, wait: fixed}}
 )");
   REQUIRE(c.ok());
   CHECK(c->server.drain_timeout_s == 2.5);
@@ -77,6 +77,9 @@ models:
   CHECK(c->models[0].warmup.inputs[0].dtype == DType::kFloat16);
   CHECK(c->models[0].warmup.inputs[0].shape == std::vector<int64_t>{1, 10, 768});
   CHECK(c->models[0].batching.max_batch_size == 8);
+  CHECK(c->models[0].batching.max_delay_us == 500);
+  CHECK_FALSE(c->models[0].batching.fixed_wait);  // adaptive unless asked
+  CHECK(c->models[2].batching.fixed_wait);
   CHECK(c->models[0].training.optimizer == "adam");
   CHECK(c->models[0].blas_threads == 1);
   CHECK(c->models[1].blas_threads == 0);
@@ -143,6 +146,11 @@ TEST_CASE("errors name file, line, column and key") {
     auto c = Parse(dir, "models:\n  - {id: a, path: m.pt, batching: {max_batch_size: 0}}\n");
     REQUIRE_FALSE(c.ok());
     CHECK_THAT(c.status().message(), Catch::Contains("max_batch_size"));
+  }
+  SECTION("unknown batching wait") {
+    auto c = Parse(dir, "models:\n  - {id: a, path: m.pt, batching: {max_batch_size: 2, wait: forever}}\n");
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.status().message(), Catch::Contains("models.a.batching.wait") && Catch::Contains("adaptive or fixed"));
   }
   SECTION("syntax error") {
     auto c = Parse(dir, "models: [\n");
@@ -409,6 +417,7 @@ TEST_CASE("CompareModels knows every ModelConfig field: a change of any one is s
       {"warmup.runs", kNew, [](ModelConfig& m) { m.warmup.runs = 3; }},
       {"batching.max_batch_size", kInPlace, [](ModelConfig& m) { m.batching.max_batch_size = 8; }},
       {"batching.max_delay_us", kInPlace, [](ModelConfig& m) { m.batching.max_delay_us = 500; }},
+      {"batching.wait", kInPlace, [](ModelConfig& m) { m.batching.fixed_wait = true; }},
       {"timeout_ms", kInPlace, [](ModelConfig& m) { m.timeout_ms = 100; }},
       {"blas_threads", kNew, [](ModelConfig& m) { m.blas_threads = 2; }},
       {"optimize", kNew, [](ModelConfig& m) { m.optimize = true; }},

@@ -28,7 +28,8 @@ struct Outcome {
 
 // A job over a float32 [rows, 4] input owned by the job itself.
 std::unique_ptr<Job> MakeJob(ModelHandle model, std::shared_ptr<Outcome> outcome, int64_t rows = 1,
-                             uint64_t batch_key = 0, int max_batch = 1, int64_t max_delay_us = 0) {
+                             uint64_t batch_key = 0, int max_batch = 1, int64_t max_delay_us = 0,
+                             bool fixed_wait = false) {
   auto job = std::make_unique<Job>();
   auto values = std::make_shared<std::vector<float>>(static_cast<size_t>(rows * 4), 1.0f);
   job->model = std::move(model);
@@ -38,6 +39,7 @@ std::unique_ptr<Job> MakeJob(ModelHandle model, std::shared_ptr<Outcome> outcome
   job->batch_key = batch_key;
   job->max_batch_size = max_batch;
   job->max_delay_us = max_delay_us;
+  job->fixed_wait = fixed_wait;
   job->done = [outcome](StatusOr<InferenceResult> r, const JobTiming& t) {
     outcome->timing = t;
     outcome->promise.set_value({r.status(), t.batch_size});
@@ -251,7 +253,7 @@ TEST_CASE("compatible waiting jobs merge into one forward, up to max_batch_size 
   CHECK_FALSE(gate->expired());
 }
 
-TEST_CASE("with max_delay_us a lone job waits for company, up to the delay") {
+TEST_CASE("with a fixed wait a lone job waits for company, up to max_delay_us") {
   auto model = std::make_shared<FakeModel>("m", "cpu", FakeBehaviour{});
   DeviceQueue queue("cpu", 64);
   auto a = std::make_shared<Outcome>();
@@ -259,8 +261,8 @@ TEST_CASE("with max_delay_us a lone job waits for company, up to the delay") {
     // A delay that does not run out during the test: only the company ends the wait.
     const int64_t delay_us = std::chrono::duration_cast<std::chrono::microseconds>(10 * kWaitBound).count();
     auto b = std::make_shared<Outcome>();
-    auto ja = MakeJob(model, a, 1, 5, 2, delay_us);
-    auto jb = MakeJob(model, b, 1, 5, 2, delay_us);
+    auto ja = MakeJob(model, a, 1, 5, 2, delay_us, true);
+    auto jb = MakeJob(model, b, 1, 5, 2, delay_us, true);
     REQUIRE(queue.TryEnqueue(ja).ok());
     // Off the queue but not run: the worker holds it while it waits.
     REQUIRE(WaitUntil([&] { return queue.depth() == 0; }));
@@ -271,7 +273,7 @@ TEST_CASE("with max_delay_us a lone job waits for company, up to the delay") {
     CHECK(model->forwards() == 1);
   }
   SECTION("without company it runs alone once its delay has passed") {
-    auto ja = MakeJob(model, a, 1, 5, 2, 20000);
+    auto ja = MakeJob(model, a, 1, 5, 2, 20000, true);
     REQUIRE(queue.TryEnqueue(ja).ok());
     auto [status, batch] = Await(a);
     CHECK(status.ok());
@@ -279,6 +281,53 @@ TEST_CASE("with max_delay_us a lone job waits for company, up to the delay") {
     CHECK(a->timing.started - a->timing.enqueued >= 20ms);
     CHECK(model->forwards() == 1);
   }
+}
+
+TEST_CASE("by default a lone client's jobs never wait for company") {
+  // A delay that does not run out during the test: a job that waited for it would
+  // not finish within kWaitBound.
+  const int64_t delay_us = std::chrono::duration_cast<std::chrono::microseconds>(10 * kWaitBound).count();
+  auto model = std::make_shared<FakeModel>("m", "cpu", FakeBehaviour{});
+  DeviceQueue queue("cpu", 64);
+  for (int i = 0; i < 200; ++i) {  // one request in flight at a time
+    auto o = std::make_shared<Outcome>();
+    auto j = MakeJob(model, o, 1, 5, 8, delay_us);
+    REQUIRE(queue.TryEnqueue(j).ok());
+    const auto [status, batch] = Await(o);
+    REQUIRE(status.ok());
+    CHECK(batch == 1);
+  }
+  CHECK(queue.batches_run() == 200);
+}
+
+TEST_CASE("by default the worker never waits for clients that have left") {
+  // Closed-loop clients, then fewer, then one: whatever the policy learnt from the
+  // busy phase, no wait runs to the (never reached) max_delay_us.
+  const int64_t delay_us = std::chrono::duration_cast<std::chrono::microseconds>(10 * kWaitBound).count();
+  auto model = std::make_shared<FakeModel>("m", "cpu", FakeBehaviour{});
+  DeviceQueue queue("cpu", 64);
+  std::atomic<int> failed{0};
+  auto client = [&](int requests) {
+    for (int i = 0; i < requests; ++i) {
+      auto o = std::make_shared<Outcome>();
+      auto j = MakeJob(model, o, 1, 5, 4, delay_us);
+      if (!queue.TryEnqueue(j).ok()) {
+        ++failed;
+        return;
+      }
+      auto result = o->promise.get_future();
+      if (result.wait_for(kWaitBound) != std::future_status::ready || !result.get().first.ok()) {
+        ++failed;
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> clients;
+  for (int requests : {100, 200, 300, 400}) clients.emplace_back(client, requests);
+  for (auto& c : clients) c.join();
+  CHECK(failed == 0);
+  CHECK(queue.jobs_run() == 1000);
+  CHECK(queue.batches_run() <= 1000);
 }
 
 TEST_CASE("stopping finishes queued jobs with UNAVAILABLE and refuses new ones") {

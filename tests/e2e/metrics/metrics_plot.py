@@ -77,7 +77,7 @@ def main(out_png):
         torch.manual_seed(0)
         torch.jit.script(Mlp().eval()).save(os.path.join(workdir, "mlp.pt"))
         daemon = Splitlearnd([model_entry("mlp", "mlp.pt", [1, WIDTH],
-                                          batching={"max_batch_size": 8, "max_delay_us": 2000})],
+                                          batching={"max_batch_size": 8, "max_delay_us": 2000, "wait": "fixed"})],
                              workdir=workdir, server={"metrics_listen": "127.0.0.1:0"},
                              devices={"cpu": {"intra_op_threads": 1, "blas_threads": 1}})
         daemon.start()

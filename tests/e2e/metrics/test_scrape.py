@@ -34,9 +34,11 @@ class MetricsScrape(DaemonTestCase):
         write_models(workdir)
         models = [
             model_entry("plain", "plain.pt", [1, DIM]),
-            # The first request waits up to a second for three more: four concurrent
+            # The first request waits up to a second for three more (a fixed wait: the
+            # adaptive one would not wait for a burst it has never seen): four concurrent
             # requests make one forward.
-            model_entry("batched", "batched.pt", [1, DIM], batching={"max_batch_size": 4, "max_delay_us": 1000000}),
+            model_entry("batched", "batched.pt", [1, DIM],
+                        batching={"max_batch_size": 4, "max_delay_us": 1000000, "wait": "fixed"}),
             model_entry("cache", "cache.pt"),
         ]
         return launcher.Splitlearnd(models, workdir=workdir, server={"metrics_listen": "127.0.0.1:0"})

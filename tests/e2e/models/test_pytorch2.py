@@ -113,7 +113,7 @@ class EncoderTrunkTest(DaemonTestCase):
         with zipfile.ZipFile(path) as z:
             cls.code = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".py"))
         return [model_entry("trunk", "trunk.pt", [1, SEQ, HIDDEN], default=True,
-                            batching={"max_batch_size": MAX_BATCH, "max_delay_us": 100000})]
+                            batching={"max_batch_size": MAX_BATCH, "max_delay_us": 100000, "wait": "fixed"})]
 
     def test_the_file_is_one_only_pytorch_2_writes(self):
         self.assertTrue(torch.__version__.startswith("2."), torch.__version__)
@@ -136,7 +136,7 @@ class AotiPackageTest(DaemonTestCase):
         export_trunk.save_aoti_package(cls.trunk, example, {"src": {0: ("B", 1, MAX_BATCH)}},
                                        os.path.join(workdir, "trunk.pt2"))
         entry = model_entry("trunk-aoti", "trunk.pt2", [1, SEQ, HIDDEN], default=True,
-                            batching={"max_batch_size": MAX_BATCH, "max_delay_us": 100000})
+                            batching={"max_batch_size": MAX_BATCH, "max_delay_us": 100000, "wait": "fixed"})
         return [entry]
 
     def test_batch_one_equals_eager(self):

@@ -34,8 +34,10 @@ class BadInputTest(DaemonTestCase):
         return [
             model_entry("linear-gelu", "linear.pt", [1, 768], default=True, batching={"max_batch_size": 4}),
             model_entry("boom", "boom.pt", [1, 8]),
-            # Waits for a second request to batch with (up to 5 s): two sent together merge.
-            model_entry("marker", "marker.pt", [1, 8], batching={"max_batch_size": 2, "max_delay_us": 5_000_000}),
+            # Waits for a second request to batch with (up to 5 s, a fixed wait): two sent
+            # together merge.
+            model_entry("marker", "marker.pt", [1, 8],
+                        batching={"max_batch_size": 2, "max_delay_us": 5_000_000, "wait": "fixed"}),
             zerodiv,
         ]
 
