@@ -128,8 +128,9 @@ BatchPolicy::TimePoint BatchPolicy::WaitUntil(int64_t rows, TimePoint now, TimeP
     if (give_up <= 0) continue;                       // overdue: it is not coming
     if (tau - elapsed > left) continue;               // expected only after the bound
     const double wait = std::min(give_up, left);
-    const double cost = q * (std::max(tau - elapsed, 0.0) + Forward(s, m)) / static_cast<double>(m) +
-                        (1 - q) * (wait + t_now) / static_cast<double>(rows);
+    const double w = knobs_.wait_weight;
+    const double cost = q * (w * std::max(tau - elapsed, 0.0) + Forward(s, m)) / static_cast<double>(m) +
+                        (1 - q) * (w * wait + t_now) / static_cast<double>(rows);
     if (cost < best_cost) {
       best_cost = cost;
       best_wait = wait;

@@ -17,11 +17,12 @@
 // With b rows in hand, an elapsed time e since the take and a bound, waiting for m rows
 // is worth it when
 //
-//     q_m · (max(τ_m − e, 0) + T(m)) / m  +  (1 − q_m) · (g_m + T(b)) / b   <   T(b) / b
+//     q_m · (ω · max(τ_m − e, 0) + T(m)) / m  +  (1 − q_m) · (ω · g_m + T(b)) / b   <   T(b) / b
 //
 // where T(n) is the forward time at n rows, q_m the probability of reaching m, τ_m the
-// average time to reach it, and g_m how long the worker would wait in vain if it does
-// not come (until τ_m + max(deviations · mean deviation, min_patience), or the bound).
+// average time to reach it, g_m how long the worker would wait in vain if it does not
+// come (until τ_m + max(deviations · mean deviation, min_patience), or the bound), and
+// ω the knob wait_weight (1).
 // The left side is the expected worker time per row if it waits, the right side the
 // time per row if it runs now. The worker waits until the give-up time of the m with
 // the lowest cost, and asks again whenever something arrives. A model whose pending
@@ -51,6 +52,10 @@ class BatchPolicy {
     double alpha = 0.2;      // weight of the newest observation in every average
     double deviations = 4;   // patience past τ_m, in mean deviations of the time to reach m
     std::chrono::microseconds min_patience{100};  // ... and at least this much
+    // The share of a wait counted as lost worker time. 1: the worker could have run
+    // something else meanwhile (a busy device); below 1 weighs the wait less than the
+    // forward time it saves.
+    double wait_weight = 1;
   };
 
   BatchPolicy() : BatchPolicy(Knobs{}) {}

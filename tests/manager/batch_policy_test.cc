@@ -337,6 +337,30 @@ TEST_CASE("the estimates adapt when the rate changes") {
   CHECK(sim.policy.ReachProbability(sim.model.get(), 6) < 0.01);
 }
 
+TEST_CASE("wait_weight below 1 weighs a wait less than the forward time it saves") {
+  // A forward of n rows costs 150 + 90n µs and the clients take 400 µs to come back:
+  // a batch of 8 saves less per row than the wait for the others costs, unless the
+  // wait counts for little.
+  auto run = [](double weight) {
+    Simulation sim;
+    BatchPolicy::Knobs knobs;
+    knobs.wait_weight = weight;
+    sim.policy = BatchPolicy(knobs);
+    sim.forward_us = [](int64_t n) { return 150 + 90 * static_cast<double>(n); };
+    sim.return_us = 400;
+    sim.AddClients(8);
+    sim.Run(300);
+    sim.Reset();
+    sim.Run(500);
+    return sim;
+  };
+  const Simulation full = run(1), none = run(0);
+  CHECK(full.MeanBatch() < 6);
+  CHECK(none.MeanBatch() > 7.9);
+  CHECK(none.bound_kept);
+  CHECK(none.longest_wait_us < 2 * none.return_us);
+}
+
 TEST_CASE("forward times of sizes never run are read off the nearest ones") {
   BatchPolicy policy;
   auto model = std::make_shared<int>(3);
