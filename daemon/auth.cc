@@ -22,12 +22,14 @@ namespace {
 constexpr size_t kMaxTokenFileBytes = 1 << 20;
 constexpr size_t kShortToken = 16;
 
+// The whitespace-separated fields of a line, up to a comment: a field that begins
+// with '#' and the rest of the line.
 std::vector<std::string> Fields(const std::string& line) {
   std::vector<std::string> out;
   size_t i = 0;
   while (i < line.size()) {
     while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-    if (i == line.size()) break;
+    if (i == line.size() || line[i] == '#') break;
     size_t j = i;
     while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
     out.push_back(line.substr(i, j - i));
@@ -109,7 +111,7 @@ StatusOr<TokenStore> TokenStore::Parse(const std::string& text, const std::strin
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     const auto fields = Fields(line);
-    if (fields.empty() || fields[0][0] == '#') continue;
+    if (fields.empty()) continue;
     const std::string where = origin + ":" + std::to_string(line_no) + ": ";
     // Messages below never quote the line: a field may be a token in the wrong place.
     if (fields.size() == 2) return InvalidArgument(where + "the token (third field) is empty or missing");

@@ -45,6 +45,46 @@ TEST_CASE("a token file lists names, scopes and tokens, and skips comments and b
   CHECK(store->Find(kLongA.substr(1)) == nullptr);
 }
 
+TEST_CASE("a comment may end a line: a field that begins with # and the rest") {
+  auto store = Parse("app compute " + kLongA + "   # the training client\nops management " + kLongB + " #no space\n");
+  INFO(store.status().ToString());
+  REQUIRE(store.ok());
+  REQUIRE(store->size() == 2);
+  CHECK(store->Find(kLongA)->name == "app");
+  CHECK(store->Find(kLongB)->name == "ops");
+  // Only whitespace separates a comment: a token that merely holds a # keeps it.
+  auto hash = Parse("app compute " + kLongA + "#x\n");
+  REQUIRE(hash.ok());
+  CHECK(hash->Find(kLongA + "#x") != nullptr);
+}
+
+TEST_CASE("the token file of docs/security.md parses as written") {
+  std::ifstream doc(SPLITLEARND_SECURITY_DOC);
+  REQUIRE(doc.good());
+  // The fenced block right after the sentence that names the token file.
+  std::string line, block;
+  bool after = false, inside = false;
+  while (std::getline(doc, line)) {
+    if (!after) {
+      after = line.find("`/etc/splitlearnd/tokens` (owner") != std::string::npos;
+      continue;
+    }
+    if (line.rfind("```", 0) == 0) {
+      if (inside) break;
+      inside = true;
+      continue;
+    }
+    if (inside) block += line + "\n";
+  }
+  REQUIRE_FALSE(block.empty());
+  std::vector<std::string> warnings;
+  auto store = Parse(block, &warnings);
+  INFO(block << store.status().ToString());
+  REQUIRE(store.ok());
+  CHECK(store->size() == 3);
+  CHECK(warnings.size() == 3);  // the example's tokens are elided, so short
+}
+
 TEST_CASE("token file errors name the line and never quote it") {
   const std::string secret = "s3cr3t-value-that-must-not-leak";
   auto error = [&](const std::string& text) {
