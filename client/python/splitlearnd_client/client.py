@@ -232,6 +232,18 @@ class Client:
         except ValueError:  # NaN or infinity: only plain bytes carry them
             return None
 
+    @classmethod
+    def _add_named(cls, entries, name: str, t, int8_block: int):
+        """Appends `t` to a repeated NamedTensor field, int8 blockwise where it can go so."""
+        q = cls._int8_encode(t, int8_block)
+        if q is not None:
+            entry = entries.add(name=name, data=q[0], shape=q[1])
+            entry.int8_blockwise.block_size = int8_block
+            entry.int8_blockwise.scales.extend(q[2])
+            return
+        d, s, c = tensors.encode(t)
+        entries.add(name=name, data=d, shape=s, dtype=c)
+
     def compute(self, x: torch.Tensor, model_id: str = "", *, inputs: Optional[Dict[str, torch.Tensor]] = None,
                 output_dtype: Optional[torch.dtype] = None, past_key_values: Optional[Sequence[KV]] = None,
                 use_cache: bool = False, session_id: str = "", training: bool = False,
@@ -272,14 +284,7 @@ class Client:
         if output_dtype is not None:
             req.output_dtype = tensors.dtype_code(output_dtype)
         for name, t in (inputs or {}).items():
-            q = self._int8_encode(t, int8_block)
-            if q is not None:
-                entry = req.inputs.add(name=name, data=q[0], shape=q[1])
-                entry.int8_blockwise.block_size = int8_block
-                entry.int8_blockwise.scales.extend(q[2])
-                continue
-            d, s, c = tensors.encode(t)
-            req.inputs.add(name=name, data=d, shape=s, dtype=c)
+            self._add_named(req.inputs, name, t, int8_block)
         for key, value in past_key_values or ():
             kd, ks, kc = tensors.encode(key)
             vd, vs, vc = tensors.encode(value)
@@ -374,14 +379,7 @@ class Client:
                 req.dtype = code
         req.grad_output_shape.extend(shape)
         for name, t in (grad_outputs or {}).items():
-            q = self._int8_encode(t, int8_block)
-            if q is not None:
-                entry = req.grad_outputs.add(name=name, data=q[0], shape=q[1])
-                entry.int8_blockwise.block_size = int8_block
-                entry.int8_blockwise.scales.extend(q[2])
-                continue
-            d, s, c = tensors.encode(t)
-            req.grad_outputs.add(name=name, data=d, shape=s, dtype=c)
+            self._add_named(req.grad_outputs, name, t, int8_block)
         if int8_block:
             req.output_encoding = pb.OUTPUT_ENCODING_INT8_BLOCKWISE
             req.output_block_size = int8_block
