@@ -136,6 +136,25 @@ template Status DecodeInt8Tensor(const std::string&, const google::protobuf::Rep
 template Status DecodeInt8Tensor(const std::string&, const google::protobuf::RepeatedField<int64_t>&, int,
                                  const pb::BlockwiseInt8&, const Limits&, const std::string&, HostTensor*);
 
+namespace {
+
+// A wire tensor: int8 blockwise when `q` is set, else plain (DecodeTensor, with the
+// legacy zlib codec where `codec` is given).
+template <typename ShapeField>
+Status DecodeWire(const std::string& bytes, const ShapeField& shape, int dtype_value, const pb::BlockwiseInt8* q,
+                  const Limits& limits, const std::string& what, HostTensor* out, WireCodec* codec = nullptr) {
+  return q ? DecodeInt8Tensor(bytes, shape, dtype_value, *q, limits, what, out)
+           : DecodeTensor(bytes, shape, dtype_value, limits, what, out, codec);
+}
+
+// A NamedTensor of the wire: a named input, or the gradient of a named output.
+Status DecodeNamed(const pb::NamedTensor& t, const Limits& limits, const std::string& what, HostTensor* out) {
+  return DecodeWire(t.data(), t.shape(), t.dtype(), t.has_int8_blockwise() ? &t.int8_blockwise() : nullptr, limits,
+                    what, out);
+}
+
+}  // namespace
+
 StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limits& limits) {
   DecodedCompute out;
   InferenceRequest& r = out.request;
@@ -164,11 +183,12 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
   r.inputs.reserve(req.inputs_size() + 1);
   if (has_primary) {
     NamedTensor t;
-    const Status s = req.has_data_int8_blockwise()
-                         ? DecodeInt8Tensor(req.data(), req.shape(), req.dtype(), req.data_int8_blockwise(), limits,
-                                            "data", &t.tensor)
-                         : DecodeTensor(req.data(), req.shape(), req.dtype(), limits, "data", &t.tensor, &out.codec);
-    if (!s.ok()) return s;
+    if (auto s = DecodeWire(req.data(), req.shape(), req.dtype(),
+                            req.has_data_int8_blockwise() ? &req.data_int8_blockwise() : nullptr, limits, "data",
+                            &t.tensor, &out.codec);
+        !s.ok()) {
+      return s;
+    }
     r.inputs.push_back(std::move(t));
   }
   for (int i = 0; i < req.inputs_size(); ++i) {
@@ -177,11 +197,7 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     NamedTensor t;
     t.name = in.name();
     const std::string what = in.name().empty() ? "inputs[" + std::to_string(i) + "]" : "input '" + in.name() + "'";
-    const Status s = in.has_int8_blockwise()
-                         ? DecodeInt8Tensor(in.data(), in.shape(), in.dtype(), in.int8_blockwise(), limits, what,
-                                            &t.tensor)
-                         : DecodeTensor(in.data(), in.shape(), in.dtype(), limits, what, &t.tensor);
-    if (!s.ok()) return s;
+    if (auto s = DecodeNamed(in, limits, what, &t.tensor); !s.ok()) return s;
     for (const auto& prev : r.inputs) {
       if (!t.name.empty() && prev.name == t.name) return InvalidArgument(what + " is given twice");
     }
@@ -194,18 +210,18 @@ StatusOr<DecodedCompute> DecodeCompute(const pb::ComputeRequest& req, const Limi
     const std::string what = "past_key_values[" + std::to_string(i) + "]";
     KVPair kv;
     WireCodec kv_codec;  // the cache may come compressed too; the answer follows `data`
-    const Status ks = e.has_key_int8_blockwise()
-                          ? DecodeInt8Tensor(e.key_data(), e.key_shape(), e.dtype(), e.key_int8_blockwise(), limits,
-                                             what + ".key", &kv.key)
-                          : DecodeTensor(e.key_data(), e.key_shape(), e.dtype(), limits, what + ".key", &kv.key,
-                                         &kv_codec);
-    if (!ks.ok()) return ks;
-    const Status vs = e.has_value_int8_blockwise()
-                          ? DecodeInt8Tensor(e.value_data(), e.value_shape(), e.dtype(), e.value_int8_blockwise(),
-                                             limits, what + ".value", &kv.value)
-                          : DecodeTensor(e.value_data(), e.value_shape(), e.dtype(), limits, what + ".value",
-                                         &kv.value, &kv_codec);
-    if (!vs.ok()) return vs;
+    if (auto s = DecodeWire(e.key_data(), e.key_shape(), e.dtype(),
+                            e.has_key_int8_blockwise() ? &e.key_int8_blockwise() : nullptr, limits, what + ".key",
+                            &kv.key, &kv_codec);
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = DecodeWire(e.value_data(), e.value_shape(), e.dtype(),
+                            e.has_value_int8_blockwise() ? &e.value_int8_blockwise() : nullptr, limits,
+                            what + ".value", &kv.value, &kv_codec);
+        !s.ok()) {
+      return s;
+    }
     if (kv.key.shape.size() != 4 || kv.value.shape.size() != 4) {
       return InvalidArgument(what + ": key and value must be [batch, heads, seq_len, head_dim]");
     }
@@ -294,12 +310,12 @@ StatusOr<DecodedBackward> DecodeBackward(const pb::BackwardRequest& req, const L
   if (!CheckName(req.forward_id(), limits)) return InvalidArgument("forward_id is too long");
   if (req.has_model_id() && !CheckName(req.model_id(), limits)) return InvalidArgument("model_id is too long");
   out.forward_id = req.forward_id();
-  const Status gs = req.has_grad_output_int8_blockwise()
-                        ? DecodeInt8Tensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(),
-                                           req.grad_output_int8_blockwise(), limits, "grad_output", &out.grad_output)
-                        : DecodeTensor(req.grad_output_data(), req.grad_output_shape(), req.dtype(), limits,
-                                       "grad_output", &out.grad_output, &decoded.codec);
-  if (!gs.ok()) return gs;
+  if (auto s = DecodeWire(req.grad_output_data(), req.grad_output_shape(), req.dtype(),
+                          req.has_grad_output_int8_blockwise() ? &req.grad_output_int8_blockwise() : nullptr, limits,
+                          "grad_output", &out.grad_output, &decoded.codec);
+      !s.ok()) {
+    return s;
+  }
   if (req.grad_outputs_size() > limits.max_inputs) return InvalidArgument("too many grad_outputs");
   for (int i = 0; i < req.grad_outputs_size(); ++i) {
     const auto& g = req.grad_outputs(i);
@@ -308,10 +324,7 @@ StatusOr<DecodedBackward> DecodeBackward(const pb::BackwardRequest& req, const L
     NamedTensor t;
     t.name = g.name();
     const std::string what = "grad_output '" + g.name() + "'";
-    const Status s = g.has_int8_blockwise()
-                         ? DecodeInt8Tensor(g.data(), g.shape(), g.dtype(), g.int8_blockwise(), limits, what, &t.tensor)
-                         : DecodeTensor(g.data(), g.shape(), g.dtype(), limits, what, &t.tensor);
-    if (!s.ok()) return s;
+    if (auto s = DecodeNamed(g, limits, what, &t.tensor); !s.ok()) return s;
     for (const auto& prev : out.named_grad_outputs) {
       if (prev.name == t.name) return InvalidArgument(what + " is given twice");
     }

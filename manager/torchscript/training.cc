@@ -155,6 +155,17 @@ void Training::Keep(const std::string& id, Graph graph, const TrainingConfig& co
   UpdateStatsLocked();
 }
 
+namespace {
+
+// A gradient of another shape than its output's: INVALID_ARGUMENT naming both.
+Status ShapeMismatch(const std::string& what, const std::vector<int64_t>& got, const at::Tensor& output) {
+  std::ostringstream os;
+  os << what << " shape " << c10::IntArrayRef(got) << " does not match the output's shape " << output.sizes();
+  return InvalidArgument(os.str());
+}
+
+}  // namespace
+
 // A gradient holding NaN or infinity would poison the shared parameters at the step.
 Status Training::CheckFinite(const BackwardRequest& request) const {
   auto finite = [](const HostTensor& h) {
@@ -177,6 +188,8 @@ StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
   }
   if (auto s = CheckFinite(request); !s.ok()) return s;
   Graph graph;
+  // The outputs the gradients flow from, each with its gradient: the primary first.
+  Targets targets;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = graphs_.find(request.forward_id);
@@ -186,11 +199,9 @@ StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
     // A grad_output of the wrong shape leaves the graph where it is: a corrected retry
     // still finds it.
     if (it->second.output.sizes().vec() != request.grad_output.shape) {
-      std::ostringstream os;
-      os << "grad_output shape " << c10::IntArrayRef(request.grad_output.shape)
-         << " does not match the forward's output shape " << it->second.output.sizes();
-      return InvalidArgument(os.str());
+      return ShapeMismatch("grad_output", request.grad_output.shape, it->second.output);
     }
+    targets.emplace_back(it->second.output, &request.grad_output);
     for (const auto& g : request.named_grad_outputs) {
       const auto& outs = it->second.named_outputs;
       auto o = std::find_if(outs.begin(), outs.end(), [&](const auto& n) { return n.first == g.name; });
@@ -199,11 +210,9 @@ StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
                                "' has no differentiable output of that name");
       }
       if (o->second.sizes().vec() != g.tensor.shape) {
-        std::ostringstream os;
-        os << "grad_output '" << g.name << "' shape " << c10::IntArrayRef(g.tensor.shape)
-           << " does not match the output's shape " << o->second.sizes();
-        return InvalidArgument(os.str());
+        return ShapeMismatch("grad_output '" + g.name + "'", g.tensor.shape, o->second);
       }
+      targets.emplace_back(o->second, &g.tensor);
     }
     graph = std::move(it->second);
     graphs_.erase(it);
@@ -217,7 +226,7 @@ StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
     return status;
   };
   try {
-    return Gradients(graph, request);
+    return Gradients(graph, targets, request);
   } catch (const torch::jit::JITException& e) {
     return failed(ModelError(e.what(), /*raised_by_model=*/true));
   } catch (const c10::Error& e) {
@@ -229,15 +238,12 @@ StatusOr<InferenceResult> Training::Backward(const BackwardRequest& request) {
   }
 }
 
-StatusOr<InferenceResult> Training::Gradients(const Graph& graph, const BackwardRequest& request) {
-  std::vector<at::Tensor> outputs{graph.output};
-  std::vector<at::Tensor> grads{ToTensor(request.grad_output, device_).to(graph.output.scalar_type())};
-  for (const auto& g : request.named_grad_outputs) {
-    for (const auto& [name, t] : graph.named_outputs) {
-      if (name != g.name) continue;
-      outputs.push_back(t);
-      grads.push_back(ToTensor(g.tensor, device_).to(t.scalar_type()));
-    }
+StatusOr<InferenceResult> Training::Gradients(const Graph& graph, const Targets& targets,
+                                              const BackwardRequest& request) {
+  std::vector<at::Tensor> outputs, grads;
+  for (const auto& [output, grad] : targets) {
+    outputs.push_back(output);
+    grads.push_back(ToTensor(*grad, device_).to(output.scalar_type()));
   }
   torch::AutoGradMode enable(true);
   torch::autograd::backward(outputs, grads);

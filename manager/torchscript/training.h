@@ -81,7 +81,10 @@ class Training {
 
   // Keeps `graph` under `id`, evicting the oldest beyond the config's count and bytes.
   void Keep(const std::string& id, Graph graph, const TrainingConfig& config);  // mu_ held
-  StatusOr<InferenceResult> Gradients(const Graph& graph, const BackwardRequest& request);  // mu_ not held
+  // Outputs of a graph, each with the gradient a backward brought for it.
+  using Targets = std::vector<std::pair<at::Tensor, const HostTensor*>>;
+  StatusOr<InferenceResult> Gradients(const Graph& graph, const Targets& targets,
+                                      const BackwardRequest& request);  // mu_ not held
   void Step(const BackwardRequest& request);  // takes mu_
   Status SaveLocked(const std::string& path);  // mu_ held
   Status CheckFinite(const BackwardRequest& request) const;
