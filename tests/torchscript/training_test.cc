@@ -109,26 +109,38 @@ std::map<std::string, at::Tensor> Parameters(const torch::jit::Module& m) {
   return result;
 }
 
+// A trunk written with weights from `seed` into a temporary folder and served for SGD
+// training, its checkpoint beside it.
+struct TrainedTrunk {
+  testing::TempDir dir;
+  std::string path;
+  ModelConfig cfg;
+  std::shared_ptr<Model> model;
+
+  TrainedTrunk(const Trunk& trunk, uint64_t seed) : path(dir / "trunk.pt") {
+    WriteTrunk(trunk, path, seed);
+    cfg.id = "trunk";
+    cfg.path = path;
+    cfg.training.enabled = true;
+    cfg.training.optimizer = "sgd";
+    cfg.training.learning_rate = kLearningRate;
+    cfg.training.checkpoint_path = dir / "trunk.ckpt.pt";
+    auto loaded = MakeTorchScriptLoader()->Load(cfg);
+    INFO(loaded.status().ToString());
+    REQUIRE(loaded.ok());
+    model = *loaded;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("training forward, backward and SGD step through every output structure inference serves") {
   const Trunk trunk = MakeTrunk(GENERATE("tensor", "(hidden, presents)", "dict", "list"));
   INFO("trunk returns " << trunk.kind);
-  testing::TempDir dir;
-  const std::string path = dir / "trunk.pt";
-  WriteTrunk(trunk, path, 7);
-
-  ModelConfig cfg;
-  cfg.id = "trunk";
-  cfg.path = path;
-  cfg.training.enabled = true;
-  cfg.training.optimizer = "sgd";
-  cfg.training.learning_rate = kLearningRate;
-  cfg.training.checkpoint_path = dir / "trunk.ckpt.pt";
-  auto loaded = MakeTorchScriptLoader()->Load(cfg);
-  INFO(loaded.status().ToString());
-  REQUIRE(loaded.ok());
-  const std::shared_ptr<Model> model = *loaded;
+  const TrainedTrunk trained(trunk, 7);
+  const std::string& path = trained.path;
+  const ModelConfig& cfg = trained.cfg;
+  const std::shared_ptr<Model> model = trained.model;
 
   torch::manual_seed(11);
   const at::Tensor x = torch::randn({2, 3, kDim});
@@ -190,29 +202,11 @@ TEST_CASE("training forward, backward and SGD step through every output structur
   }
 }
 
-namespace {
-
-std::shared_ptr<Model> LoadTrained(const std::string& path, const std::string& checkpoint, ModelConfig* cfg) {
-  cfg->id = "trunk";
-  cfg->path = path;
-  cfg->training.enabled = true;
-  cfg->training.optimizer = "sgd";
-  cfg->training.learning_rate = kLearningRate;
-  cfg->training.checkpoint_path = checkpoint;
-  auto loaded = MakeTorchScriptLoader()->Load(*cfg);
-  INFO(loaded.status().ToString());
-  REQUIRE(loaded.ok());
-  return *loaded;
-}
-
-}  // namespace
-
 TEST_CASE("pipelined training: several forwards in flight, their backwards in any order") {
-  testing::TempDir dir;
-  const std::string path = dir / "trunk.pt";
-  WriteTrunk(MakeTrunk("tensor"), path, 5);
-  ModelConfig cfg;
-  const auto model = LoadTrained(path, dir / "trunk.ckpt.pt", &cfg);
+  TrainedTrunk trained(MakeTrunk("tensor"), 5);
+  const std::string& path = trained.path;
+  const ModelConfig& cfg = trained.cfg;
+  const auto model = trained.model;
 
   constexpr int kInFlight = 3;
   torch::manual_seed(13);
@@ -275,11 +269,10 @@ TEST_CASE("pipelined training: several forwards in flight, their backwards in an
 }
 
 TEST_CASE("named gradients: further outputs get theirs, together with the primary one") {
-  testing::TempDir dir;
-  const std::string path = dir / "trunk.pt";
-  WriteTrunk(MakeTrunk("dict"), path, 9);
-  ModelConfig cfg;
-  const auto model = LoadTrained(path, dir / "trunk.ckpt.pt", &cfg);
+  TrainedTrunk trained(MakeTrunk("dict"), 9);
+  const std::string& path = trained.path;
+  const ModelConfig& cfg = trained.cfg;
+  const auto model = trained.model;
 
   torch::manual_seed(17);
   const at::Tensor x = torch::randn({2, 3, kDim});
@@ -327,11 +320,10 @@ TEST_CASE("named gradients: further outputs get theirs, together with the primar
 }
 
 TEST_CASE("training guards: a NaN or infinite gradient, or a learning rate over the cap, changes nothing") {
-  testing::TempDir dir;
-  const std::string path = dir / "trunk.pt";
-  WriteTrunk(MakeTrunk("dict"), path, 3);
-  ModelConfig cfg;
-  const auto model = LoadTrained(path, dir / "trunk.ckpt.pt", &cfg);
+  TrainedTrunk trained(MakeTrunk("dict"), 3);
+  const std::string& path = trained.path;
+  ModelConfig& cfg = trained.cfg;
+  const auto model = trained.model;
   cfg.training.max_learning_rate = 0.5;
   const auto before = Parameters(torch::jit::load(path));
 
