@@ -2,6 +2,11 @@
 # debootstrap, once. Needs root; the archive is the host's own (its apt sources) unless
 # MIRROR says otherwise.
 
+if [ "$(id -u)" -ne 0 ]; then
+  echo "$0: needs root (debootstrap, mounts and chroot)" >&2
+  exit 2
+fi
+
 # The host's Debian archive: the first URI of a deb822 or one-line source whose path ends
 # in /debian (not -security, not a third-party repository).
 host_mirror() {

@@ -19,11 +19,6 @@ build=${1:-$repo/build}
 root=${ROOT:-/var/cache/splitlearnd/debian12}
 suite=bookworm
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "$0: needs root (debootstrap, mounts and chroot)" >&2
-  exit 2
-fi
-
 . "$repo/scripts/debian-root.sh"
 make_root "$root" "$suite"
 

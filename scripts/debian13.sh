@@ -26,11 +26,6 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 root=${ROOT:-/var/cache/splitlearnd/debian13}
 suite=trixie
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "$0: needs root (debootstrap, mounts and chroot)" >&2
-  exit 2
-fi
-
 . "$repo/scripts/debian-root.sh"
 # Debian 12's debootstrap may lack trixie's keyring; the archive keyring package has it.
 make_root "$root" "$suite" --keyring=/usr/share/keyrings/debian-archive-keyring.gpg
